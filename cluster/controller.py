@@ -1,0 +1,120 @@
+"""Admission control on the policy version (as AReaL does): at most
+(max_staleness + v + 1) x batch_size - (accepted + running) samples may start, so workers
+never generate what the learner would have to throw away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import ray
+
+
+class AdmissionState:
+    """The counters and the rule, free of Ray so the arithmetic is testable on its own."""
+
+    def __init__(self, batch_size: int, max_staleness: int, version: int = 0, accepted: int = 0):
+        self.batch_size = batch_size
+        self.max_staleness = max_staleness
+        self.version = version
+        self.accepted = accepted
+        self.running = 0
+        self.stopping = False
+        self.leases: dict[str, int] = defaultdict(int)
+
+    def capacity(self) -> int:
+        limit = (self.max_staleness + self.version + 1) * self.batch_size
+        return limit - (self.accepted + self.running)
+
+    def admit(self, worker_id: str, count: int) -> None:
+        self.running += count
+        self.leases[worker_id] += count
+
+    def finish(self, worker_id: str, count: int, produced: bool) -> None:
+        count = min(count, self.leases[worker_id])
+        self.leases[worker_id] -= count
+        self.running -= count
+        if produced:
+            self.accepted += count
+
+    def forget_worker(self, worker_id: str) -> int:
+        """A dead worker's admitted samples will never arrive: free their slots."""
+        lost = self.leases.pop(worker_id, 0)
+        self.running -= lost
+        return lost
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class RolloutController:
+    def __init__(self, batch_size: int, max_staleness: int, version: int = 0, accepted: int = 0):
+        self._state = AdmissionState(batch_size, max_staleness, version, accepted)
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, worker_id: str, count: int, timeout_s: float) -> int | None:
+        """Returns the policy version once admitted, -1 on timeout, None when stopping."""
+        state = self._state
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: state.stopping or state.capacity() >= count),
+                    timeout_s,
+                )
+            except TimeoutError:
+                return -1
+            if state.stopping:
+                return None
+            state.admit(worker_id, count)
+            return state.version
+
+    async def _update(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def release(self, worker_id: str, count: int, produced: bool) -> None:
+        self._state.finish(worker_id, count, produced)
+        await self._update()
+
+    async def set_version(self, version: int) -> None:
+        self._state.version = version
+        await self._update()
+
+    async def discard(self, count: int) -> None:
+        """The learner dropped `count` accepted samples (filtered or too stale): refill."""
+        self._state.accepted -= count
+        await self._update()
+
+    async def forget_worker(self, worker_id: str) -> int:
+        lost = self._state.forget_worker(worker_id)
+        await self._update()
+        return lost
+
+    async def stop(self) -> None:
+        self._state.stopping = True
+        await self._update()
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self._state
+        return {
+            "version": state.version,
+            "accepted": state.accepted,
+            "running": state.running,
+            "capacity": state.capacity(),
+        }
+
+
+class ControllerGate:
+    """The AdmissionGate protocol over the controller actor, handed to rollout workers."""
+
+    def __init__(self, handle: ray.actor.ActorHandle, poll_timeout_s: float = 5.0) -> None:
+        self._handle = handle
+        self._poll_timeout_s = poll_timeout_s
+
+    async def acquire(self, worker_id: str, count: int) -> int | None:
+        while True:
+            version = await self._handle.acquire.remote(worker_id, count, self._poll_timeout_s)
+            if version != -1:
+                return version
+
+    async def release(self, worker_id: str, count: int, produced: bool) -> None:
+        await self._handle.release.remote(worker_id, count, produced)

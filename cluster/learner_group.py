@@ -1,0 +1,68 @@
+"""The learner ranks as Ray actors: rank 0 is created first so the others learn its address."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import replace
+from typing import Any
+
+import ray
+
+from relayrl.buffer import TrajectoryConsumer
+from relayrl.learner.deepspeed_learner import DeepSpeedLearner, LearnerSettings
+from relayrl.weights import WeightPublisher
+
+
+@ray.remote(max_restarts=0)
+class LearnerActor(DeepSpeedLearner):
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This node's IP and a free port for the process group."""
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class LearnerGroup:
+    """Calls a method on every rank at once and returns rank 0's answer."""
+
+    def __init__(
+        self,
+        settings: LearnerSettings,
+        consumer: TrajectoryConsumer,
+        publisher: WeightPublisher,
+        cpus_per_rank: float,
+        call_timeout_s: float,
+    ) -> None:
+        self.call_timeout_s = call_timeout_s
+        self.ranks = [
+            LearnerActor.options(num_cpus=cpus_per_rank).remote(
+                replace(settings, rank=rank),
+                consumer if rank == 0 else None,
+                publisher if rank == 0 else None,
+            )
+            for rank in range(settings.world_size)
+        ]
+        addr, port = ray.get(self.ranks[0].rendezvous_address.remote(), timeout=call_timeout_s)
+        self.setup_info = self._all("setup", addr, port)
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        refs = [getattr(rank, method).remote(*args) for rank in self.ranks]
+        return ray.get(refs, timeout=self.call_timeout_s)
+
+    def publish(self) -> dict[str, Any]:
+        return self._all("publish")[0]
+
+    def train_step(self) -> dict[str, Any]:
+        return self._all("train_step")[0]
+
+    def save_checkpoint(self) -> str:
+        return self._all("save_checkpoint")[0]
+
+    def kill(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank, no_restart=True)

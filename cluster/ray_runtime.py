@@ -1,0 +1,60 @@
+"""Connect to the Ray cluster named by RAY_ADDRESS, or start (and later stop) a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+from relayrl.models import cache_root
+
+log = logging.getLogger(__name__)
+
+
+def actor_env_vars() -> dict[str, str]:
+    """Environment every relayrl actor gets, wherever the cluster runs."""
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        # DeepSpeed JIT-builds ops on first use; a per-project folder builds them once.
+        "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"),
+    }
+    for name in ("DS_ACCELERATOR", "RELAYRL_CACHE", "HF_HUB_OFFLINE"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+@contextmanager
+def ray_session(num_cpus: int | None) -> Iterator[bool]:
+    """Yields True when this process started the Ray instance it is connected to."""
+    if ray.is_initialized():
+        yield False
+        return
+    env_vars = actor_env_vars()
+    Path(env_vars["TORCH_EXTENSIONS_DIR"]).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        log.info("connected to Ray at %s", os.environ["RAY_ADDRESS"])
+        try:
+            yield False
+        finally:
+            ray.shutdown()
+        return
+    # A stray ~/.ray/auth_token would otherwise switch a private local cluster to token auth.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env={"env_vars": env_vars},
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))
+    try:
+        yield True
+    finally:
+        ray.shutdown()

@@ -1,0 +1,101 @@
+"""Versioned weights through the Ray object store (the CPU weight path of DESIGN.md).
+
+The learner publishes each version once; the store actor keeps its own copy, so workers can
+pull the current version even after the learner that produced it has died.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import ray
+import torch
+
+from relayrl.weights import WeightChecksumError, WeightVersion, checksum
+
+# numpy has no bfloat16: such tensors travel as raw int16 bits and are viewed back.
+_BITS_DTYPE = {torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_DTYPE_NAMES = {str(dtype): dtype for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+
+WireState = dict[str, tuple[str, np.ndarray]]
+
+
+def to_wire(state: Mapping[str, torch.Tensor]) -> WireState:
+    wire = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous().cpu()
+        bits = tensor.view(_BITS_DTYPE[tensor.dtype]) if tensor.dtype in _BITS_DTYPE else tensor
+        wire[name] = (str(tensor.dtype), bits.numpy())
+    return wire
+
+
+def from_wire(wire: WireState) -> dict[str, torch.Tensor]:
+    state = {}
+    with warnings.catch_warnings():
+        # Arrays from the object store are read-only; the engines only copy from them.
+        warnings.simplefilter("ignore", UserWarning)
+        for name, (dtype_name, array) in wire.items():
+            tensor = torch.from_numpy(array)
+            dtype = _DTYPE_NAMES[dtype_name]
+            state[name] = tensor.view(dtype) if dtype in _BITS_DTYPE else tensor
+    return state
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class WeightStore:
+    def __init__(self) -> None:
+        self._latest: tuple[WeightVersion, ray.ObjectRef] | None = None
+
+    def put(self, info: WeightVersion, wire: WireState) -> None:
+        if self._latest is not None and info.version <= self._latest[0].version:
+            raise ValueError(
+                f"weight version {info.version} is not newer than {self._latest[0].version}"
+            )
+        self._latest = (info, ray.put(wire))
+
+    def latest(self) -> WeightVersion | None:
+        return self._latest[0] if self._latest else None
+
+    def get(self, newer_than: int) -> tuple[WeightVersion, list[ray.ObjectRef]] | None:
+        if self._latest is None or self._latest[0].version <= newer_than:
+            return None
+        info, ref = self._latest
+        # Wrapped in a list so Ray hands back the reference instead of inlining the tensors.
+        return info, [ref]
+
+
+class ObjectStoreWeights:
+    """WeightPublisher and WeightSubscriber over a WeightStore actor."""
+
+    def __init__(
+        self, store: ray.actor.ActorHandle, timeout_s: float = 300.0, verify: bool = True
+    ) -> None:
+        self._store = store
+        self._timeout_s = timeout_s
+        self._verify = verify
+
+    def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion:
+        digest, num_bytes = checksum(state)
+        info = WeightVersion(version, time.time(), digest, num_bytes)
+        ray.get(self._store.put.remote(info, to_wire(state)), timeout=self._timeout_s)
+        return info
+
+    def latest(self) -> WeightVersion | None:
+        return ray.get(self._store.latest.remote(), timeout=self._timeout_s)
+
+    def fetch(self, newer_than: int) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
+        found = ray.get(self._store.get.remote(newer_than), timeout=self._timeout_s)
+        if found is None:
+            return None
+        info, (ref,) = found
+        state = from_wire(ray.get(ref, timeout=self._timeout_s))
+        if self._verify:
+            digest, _ = checksum(state)
+            if digest != info.checksum:
+                raise WeightChecksumError(
+                    f"weights v{info.version}: checksum {digest} != published {info.checksum}"
+                )
+        return info, state

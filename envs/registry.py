@@ -1,0 +1,57 @@
+"""Find an environment by registered name or by `package.module:attribute`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from relayrl.envs.base import EnvSpec
+
+_REGISTRY: dict[str, EnvSpec] = {}
+_BUILTIN_MODULES = ("relayrl.envs.arithmetic",)
+
+
+class EnvConfigError(ValueError):
+    """The environment name or its parameters are wrong; the message says which."""
+
+
+def register_env(name: str, spec: EnvSpec) -> EnvSpec:
+    if name in _REGISTRY and _REGISTRY[name] is not spec:
+        raise ValueError(f"environment {name!r} is already registered")
+    _REGISTRY[name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def resolve_env(name: str) -> EnvSpec:
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise EnvConfigError(f"env.name {name!r}: cannot import it ({exc})") from exc
+        if not isinstance(target, EnvSpec):
+            raise EnvConfigError(f"env.name {name!r} is a {type(target).__name__}, not an EnvSpec")
+        return target
+    _load_builtins()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise EnvConfigError(f"env.name {name!r} is not registered (known: {known})")
+    return _REGISTRY[name]
+
+
+def validate_env_params(name: str, params: dict[str, Any]) -> BaseModel:
+    spec = resolve_env(name)
+    try:
+        return spec.params_model.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise EnvConfigError(f"env.params.{field}: {message}") from None

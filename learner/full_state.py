@@ -1,0 +1,27 @@
+"""A full (unsharded) Hugging Face state dict from a DeepSpeed engine, for publishing weights
+and saving checkpoints. Under ZeRO-3 parameters are gathered one at a time, on every rank."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def full_state_dict(module: nn.Module, zero_stage: int, rank: int) -> dict[str, torch.Tensor]:
+    """Every rank must call this; only rank 0 gets the tensors, the others an empty dict.
+    Tied weights (SmolLM2's lm_head and embeddings) stay one shared tensor under both names."""
+    import deepspeed  # deferred: the accelerator is chosen when the learner is set up
+
+    copies: dict[int, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        key = id(tensor)
+        if key not in copies:
+            if zero_stage == 3 and hasattr(tensor, "ds_id"):
+                with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                    copies[key] = tensor.detach().clone().cpu() if rank == 0 else tensor[:0]
+            else:
+                copies[key] = tensor.detach().clone().cpu() if rank == 0 else tensor[:0]
+        if rank == 0:
+            state[name] = copies[key]
+    return state

@@ -1,0 +1,16 @@
+"""The admission-control seam: how rollout workers ask to start samples (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class AdmissionGate(Protocol):
+    async def acquire(self, worker_id: str, count: int) -> int | None:
+        """Wait until `count` samples may start; returns the current policy version, or None
+        when the job is stopping."""
+        ...
+
+    async def release(self, worker_id: str, count: int, produced: bool) -> None:
+        """Finish `count` admitted samples; `produced` says whether they reached the buffer."""
+        ...

@@ -1,0 +1,42 @@
+"""The trajectory buffer seam between rollout workers (producers) and the learner (consumer)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relayrl.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class BufferEntry:
+    entry_id: str  # the buffer's own id, used to acknowledge
+    trajectory: Trajectory
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    length: int  # entries still stored
+    pending: int  # delivered to a consumer and not yet acknowledged
+    undelivered: int  # never delivered to any consumer
+    dead_letters: int
+
+
+class TrajectoryProducer(Protocol):
+    def push(self, trajectories: Sequence[Trajectory]) -> list[str]:
+        """Append trajectories; returns their entry ids."""
+        ...
+
+
+class TrajectoryConsumer(Protocol):
+    def read(self, max_count: int, block_ms: int) -> list[BufferEntry]:
+        """This consumer's unacknowledged entries first, then new ones; corrupt entries are
+        dead-lettered, never returned."""
+        ...
+
+    def ack(self, entry_ids: Sequence[str]) -> int:
+        """Acknowledge entries whose training step is durable; returns how many were pending."""
+        ...
+
+    def stats(self) -> BufferStats: ...

@@ -1,0 +1,74 @@
+"""`relayrl` command line. This is the composition root: subcommands import the parts they
+run lazily, so `relayrl --help` and config errors stay fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from relayrl.config_loader import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"relayrl: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+    from relayrl.cluster.job import run_job
+    from relayrl.envs.registry import EnvConfigError
+    from relayrl.models import ModelNotFoundError
+
+    try:
+        result = run_job(config)
+    except (EnvConfigError, ModelNotFoundError) as exc:
+        print(f"relayrl: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"trained {result.steps} steps; outputs in {result.output_dir}")
+    print(f"  checkpoint (Hugging Face format): {result.checkpoint}")
+    print(f"  metrics (JSON lines):             {result.metrics}")
+    if result.plot:
+        print(f"  reward curve:                     {result.plot}")
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from relayrl.envs.sandbox.cli import main as sandbox_main
+
+    return sandbox_main(args.sandbox_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relayrl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="run a training job from a YAML config")
+    train.add_argument("config", help="job config (YAML)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.SUB=VALUE",
+        help="override one config field (repeatable), e.g. --set trainer.steps=5",
+    )
+    train.set_defaults(handler=_train)
+    sandbox = commands.add_parser("sandbox", help="run untrusted Python in the sandbox")
+    sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
+    sandbox.set_defaults(handler=_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

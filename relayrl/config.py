@@ -1,0 +1,127 @@
+"""The job configuration schema. Every section forbids unknown fields, so a typo names itself."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from relayrl.algorithm_config import AlgorithmConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    # A Hugging Face folder, or a built-in name such as "smollm2-135m".
+    path: str = "smollm2-135m"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class SamplingConfig(Section):
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class RolloutConfig(Section):
+    engine: Literal["transformers", "vllm"] = "transformers"
+    num_workers: int = Field(2, ge=1)
+    group_size: int = Field(8, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+    cpus_per_worker: float = Field(0.5, gt=0)
+    torch_threads: int = Field(1, ge=1)
+    # Restarts Ray grants a crashed worker before the job reports it dead.
+    max_worker_restarts: int = Field(3, ge=0)
+
+
+class EnvConfig(Section):
+    # A registered environment name or "package.module:Class".
+    name: str = "arithmetic"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BufferConfig(Section):
+    # redis://[:password@]host:port/db; none starts an embedded redis-server.
+    url: str | None = None
+    stream: str | None = None  # defaults to "relayrl:<job name>:trajectories"
+    # Safety bound on the stream length; admission control keeps the backlog far below it.
+    maxlen: int = Field(1_000_000, ge=1000)
+    read_block_ms: int = Field(1000, ge=1)
+    # Drop acknowledged entries from the stream; off keeps the full history for auditing.
+    trim_acknowledged: bool = True
+
+
+class LearnerConfig(Section):
+    num_ranks: int = Field(1, ge=1)
+    cpus_per_rank: float = Field(1.0, gt=0)
+    torch_threads: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    # Micro-batches are packed up to this many tokens; gradients accumulate across them.
+    micro_batch_tokens: int = Field(4096, ge=16)
+    gradient_checkpointing: bool = False
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    # Seconds the learner waits for one batch before it reports the rollout side stalled.
+    batch_timeout_s: float = Field(600.0, gt=0)
+
+
+class TrainerConfig(Section):
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(4, ge=1)
+    # 0 is on-policy synchronous; k lets generation run at most k policy versions ahead.
+    max_staleness: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class RayConfig(Section):
+    # Used when RAY_ADDRESS is unset and no cluster is given: start a local instance.
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class OutputConfig(Section):
+    dir: str = "runs/{name}"
+    tensorboard: bool = True
+    plot: bool = True
+
+
+class JobConfig(Section):
+    name: str = Field("relayrl-job", pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelConfig = ModelConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    env: EnvConfig = EnvConfig()
+    buffer: BufferConfig = BufferConfig()
+    learner: LearnerConfig = LearnerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    ray: RayConfig = RayConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _buffer_holds_the_backlog(self) -> JobConfig:
+        backlog = (self.trainer.max_staleness + 2) * self.batch_size
+        if self.buffer.maxlen < 4 * backlog:
+            raise ValueError(
+                f"buffer.maxlen {self.buffer.maxlen} is below 4x the largest backlog "
+                f"({backlog} trajectories); raise it or the stream may trim unread entries"
+            )
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        """Trajectories per learner step."""
+        return self.trainer.prompts_per_step * self.rollout.group_size
+
+    @property
+    def stream_name(self) -> str:
+        return self.buffer.stream or f"relayrl:{self.name}:trajectories"
+
+    @property
+    def output_dir(self) -> str:
+        return self.output.dir.format(name=self.name)

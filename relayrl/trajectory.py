@@ -1,0 +1,182 @@
+"""The Trajectory record and its wire codec (msgpack + raw little-endian numpy bytes).
+
+The buffer is a network boundary, so payloads are never pickled: decoding validates the
+schema version, every field's type and every array's length before anything trusts it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+NO_VERSION = -1
+
+_ARRAY_DTYPES: dict[str, np.dtype] = {
+    "tokens": np.dtype("<i4"),
+    "loss_mask": np.dtype("u1"),
+    "logprobs": np.dtype("<f4"),
+    "versions": np.dtype("<i4"),
+}
+
+
+class TrajectoryDecodeError(ValueError):
+    """A buffer entry that is not a valid trajectory payload."""
+
+
+@dataclass
+class Turn:
+    """One model turn and what the environment did with it."""
+
+    start: int  # first token index of the model's span in `tokens`
+    end: int  # one past the last token of the model's span
+    tool: str | None = None
+    tool_status: str | None = None
+    duration_s: float = 0.0
+    reward: float = 0.0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "tool": self.tool,
+            "tool_status": self.tool_status,
+            "duration_s": self.duration_s,
+            "reward": self.reward,
+        }
+
+
+@dataclass
+class Trajectory:
+    """One episode, token-faithful: `tokens` are exactly what the model saw and sampled."""
+
+    group_id: str
+    tokens: np.ndarray  # int32[T]: prompt + every turn
+    prompt_len: int
+    loss_mask: np.ndarray  # uint8[T]: 1 only on tokens the policy sampled
+    logprobs: np.ndarray  # float32[T]: behaviour log-probs of sampled tokens, 0 elsewhere
+    versions: np.ndarray  # int32[T]: policy version per sampled token, NO_VERSION elsewhere
+    reward: float
+    reward_channels: dict[str, float] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
+    turns: list[Turn] = field(default_factory=list)
+    finish_reason: str = "stop"
+    timings: dict[str, float] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        self.tokens = np.ascontiguousarray(self.tokens, dtype=_ARRAY_DTYPES["tokens"])
+        self.loss_mask = np.ascontiguousarray(self.loss_mask, dtype=_ARRAY_DTYPES["loss_mask"])
+        self.logprobs = np.ascontiguousarray(self.logprobs, dtype=_ARRAY_DTYPES["logprobs"])
+        self.versions = np.ascontiguousarray(self.versions, dtype=_ARRAY_DTYPES["versions"])
+        _check_consistent(self)
+
+    @property
+    def num_sampled_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    def sampled_versions(self) -> np.ndarray:
+        return self.versions[self.loss_mask.astype(bool)]
+
+
+def _check_consistent(traj: Trajectory) -> None:
+    length = traj.tokens.shape[0]
+    for name in ("loss_mask", "logprobs", "versions"):
+        array = getattr(traj, name)
+        if array.ndim != 1 or array.shape[0] != length:
+            raise TrajectoryDecodeError(f"{name} has shape {array.shape}, expected ({length},)")
+    if not 0 <= traj.prompt_len <= length:
+        raise TrajectoryDecodeError(f"prompt_len {traj.prompt_len} outside [0, {length}]")
+    if traj.loss_mask[: traj.prompt_len].any():
+        raise TrajectoryDecodeError("loss_mask marks prompt tokens as sampled")
+    if not np.isfinite(traj.logprobs).all():
+        raise TrajectoryDecodeError("logprobs contain NaN or infinity")
+    if not np.isfinite(traj.reward):
+        raise TrajectoryDecodeError(f"reward {traj.reward} is not finite")
+
+
+def encode(traj: Trajectory) -> bytes:
+    payload = {
+        "schema": SCHEMA_VERSION,
+        "id": traj.id,
+        "group_id": traj.group_id,
+        "task": traj.task,
+        "prompt_len": traj.prompt_len,
+        "reward": float(traj.reward),
+        "reward_channels": {k: float(v) for k, v in traj.reward_channels.items()},
+        "turns": [turn.to_wire() for turn in traj.turns],
+        "finish_reason": traj.finish_reason,
+        "timings": {k: float(v) for k, v in traj.timings.items()},
+        **{name: getattr(traj, name).tobytes() for name in _ARRAY_DTYPES},
+    }
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def _field(payload: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:
+    if name not in payload:
+        raise TrajectoryDecodeError(f"missing field {name!r}")
+    value = payload[name]
+    # bool is an int subclass in Python, but no field of the schema is a flag
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TrajectoryDecodeError(f"field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def _array(payload: dict[str, Any], name: str) -> np.ndarray:
+    raw = _field(payload, name, bytes)
+    dtype = _ARRAY_DTYPES[name]
+    if len(raw) % dtype.itemsize:
+        raise TrajectoryDecodeError(f"{name} byte length {len(raw)} not a multiple of {dtype}")
+    return np.frombuffer(raw, dtype=dtype).copy()
+
+
+def _turn(raw: Any) -> Turn:
+    if not isinstance(raw, dict):
+        raise TrajectoryDecodeError("turn record is not a map")
+    return Turn(
+        start=int(_field(raw, "start", int)),
+        end=int(_field(raw, "end", int)),
+        tool=raw.get("tool") if isinstance(raw.get("tool"), str) else None,
+        tool_status=raw.get("tool_status") if isinstance(raw.get("tool_status"), str) else None,
+        duration_s=float(_field(raw, "duration_s", (int, float))),
+        reward=float(_field(raw, "reward", (int, float))),
+    )
+
+
+def decode(data: bytes) -> Trajectory:
+    """Decode and validate one payload; raises TrajectoryDecodeError on anything malformed."""
+    try:
+        payload = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise TrajectoryDecodeError(f"not a msgpack payload: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise TrajectoryDecodeError("payload is not a map")
+    schema = payload.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise TrajectoryDecodeError(f"schema version {schema!r}, expected {SCHEMA_VERSION}")
+    channels = _field(payload, "reward_channels", dict)
+    timings = _field(payload, "timings", dict)
+    try:
+        return Trajectory(
+            id=_field(payload, "id", str),
+            group_id=_field(payload, "group_id", str),
+            task=_field(payload, "task", dict),
+            tokens=_array(payload, "tokens"),
+            prompt_len=_field(payload, "prompt_len", int),
+            loss_mask=_array(payload, "loss_mask"),
+            logprobs=_array(payload, "logprobs"),
+            versions=_array(payload, "versions"),
+            reward=float(_field(payload, "reward", (int, float))),
+            reward_channels={str(k): float(v) for k, v in channels.items()},
+            turns=[_turn(t) for t in _field(payload, "turns", list)],
+            finish_reason=_field(payload, "finish_reason", str),
+            timings={str(k): float(v) for k, v in timings.items()},
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, TrajectoryDecodeError):
+            raise
+        raise TrajectoryDecodeError(f"invalid field value: {exc}") from exc

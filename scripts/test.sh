@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install, lint, then run the whole test suite (real Ray, Redis, DeepSpeed, sandbox).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+echo "[test] ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "[test] pytest"
+exec .venv/bin/python -m pytest -q -ra "$@"

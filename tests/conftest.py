@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+# Local test clusters never use token auth, whatever ~/.ray holds.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from relayrl.tiny_model import build_tiny_model
+
+    target = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_model(target)
+    return str(target)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator:
+    from relayrl.cluster.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()

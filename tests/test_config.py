@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relayrl.config_loader import ConfigError, load_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relayrl.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_examples_validate(example: str) -> None:
+    load_config(EXAMPLES / example)
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    config = load_config(
+        EXAMPLES / "quickstart.yaml",
+        ["trainer.steps=7", "learner.lr=3e-4", "env.params.operators=['*']"],
+    )
+    assert config.trainer.steps == 7
+    assert config.learner.lr == pytest.approx(3e-4)
+    assert config.env.params["operators"] == ["*"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("learner.lrr=1", "learner.lrr: unknown field"),
+        ("learner.lr=fast", "learner.lr: Input should be a valid number"),
+        ("trainer.steps=0", "trainer.steps: Input should be greater than or equal to 1"),
+        ("rollout.engine=tgi", "rollout.engine: Input should be 'transformers' or 'vllm'"),
+        ("learner.algorithm.loss.name=nope", "learner.algorithm.loss"),
+        ("learner.zero_stage=5", "learner.zero_stage"),
+    ],
+)
+def test_bad_field_exits_2_with_one_line_naming_it(override: str, expected: str) -> None:
+    result = run_cli("train", str(EXAMPLES / "quickstart.yaml"), "--set", override)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_env_params_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    result = run_cli(
+        "train", str(EXAMPLES / "quickstart.yaml"), "--set", "env.params.max_operand=-5",
+        "--set", f"output.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "env.params" in result.stderr and "min_operand" in result.stderr
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer: {steps: 3\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listed)
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
+        load_config(None, ["novalue"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(None, ["trainer.steps=3", "trainer.steps.x=1"])
+
+
+def test_buffer_too_small_for_backlog_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"buffer: .*maxlen|maxlen"):
+        load_config(None, ["buffer.maxlen=1000", "trainer.prompts_per_step=500"])
