@@ -47,8 +47,15 @@ def free_port() -> int:
 class EmbeddedRedis:
     """Owns one redis-server process; its data dir survives so a restart keeps the stream."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None, password: str | None = None):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int | None = None,
+        password: str | None = None,
+        fsync: str = "always",
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.fsync = fsync
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
         self._process: subprocess.Popen[bytes] | None = None
@@ -69,7 +76,7 @@ class EmbeddedRedis:
             "requirepass": self.password,
             "dir": f'"{self.data_dir.resolve()}"',
             "appendonly": "yes",
-            "appendfsync": "everysec",
+            "appendfsync": self.fsync,
             "save": '""',
             "daemonize": "no",
             "protected-mode": "yes",
@@ -104,6 +111,14 @@ class EmbeddedRedis:
         client.close()
         log.info("embedded redis on 127.0.0.1:%d, data in %s", self.port, self.data_dir)
         return self
+
+    def restart_if_dead(self) -> bool:
+        """Start again on the same port, password and data if the server has died."""
+        if self._process is None or self._process.poll() is None:
+            return False
+        self._process = None
+        self.start()
+        return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None

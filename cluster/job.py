@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,18 @@ import ray
 import yaml
 from tqdm import tqdm
 
-from relayrl.actors.engine import SamplingSettings
-from relayrl.actors.rollout_worker import WorkerSettings
 from relayrl.cluster.controller import ControllerGate, RolloutController
 from relayrl.cluster.embedded_redis import EmbeddedRedis
+from relayrl.cluster.job_settings import learner_settings, local_cpus, worker_settings_factory
 from relayrl.cluster.learner_group import LearnerGroup
+from relayrl.cluster.pipeline_meter import PipelineMeter
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.rollout_fleet import RolloutFleet
 from relayrl.cluster.weight_store import ObjectStoreWeights, WeightStore
 from relayrl.config import JobConfig
 from relayrl.envs.registry import validate_env_params
-from relayrl.learner.deepspeed_learner import LearnerSettings
+from relayrl.learner.checkpoint import latest_checkpoint
 from relayrl.metrics import MetricsWriter
 from relayrl.models import resolve_model
 from relayrl.plot import plot_rewards
@@ -38,6 +37,16 @@ log = logging.getLogger(__name__)
 # How long a remote call that should be quick may take before the job reports it hung.
 CALL_TIMEOUT_S = 900.0
 SUPERVISE_EVERY_S = 2.0
+# Discards the controller refills; duplicates were never admitted, so they are not refilled.
+REFILLED_DISCARDS = ("discarded/stale", "filter/dropped_trajectories")
+
+
+class JobConfigError(ValueError):
+    """A config that passes the schema but cannot run; the message names the field."""
+
+
+class RunExistsError(JobConfigError):
+    """A fresh run would mix with a previous run's checkpoints or buffer."""
 
 
 @dataclass(frozen=True)
@@ -53,92 +62,18 @@ class JobResult:
 
 
 def validate_job(config: JobConfig) -> None:
-    """Checks that need more than the schema; raises ValueError naming the field."""
-    validate_env_params(config.env.name, config.env.params)
+    """Checks that need more than the schema; raises JobConfigError naming the field."""
+    try:
+        validate_env_params(config.env.name, config.env.params)
+    except ValueError as exc:
+        raise JobConfigError(str(exc)) from None
     if config.batch_size < config.learner.num_ranks:
-        raise ValueError(
+        raise JobConfigError(
             f"trainer.prompts_per_step x rollout.group_size = {config.batch_size} is smaller "
             f"than learner.num_ranks = {config.learner.num_ranks}"
         )
     if config.rollout.engine != "transformers":
-        raise ValueError(f"rollout.engine {config.rollout.engine!r} is not available yet")
-
-
-def learner_settings(config: JobConfig, model_path: str, output_dir: Path) -> LearnerSettings:
-    lc = config.learner
-    return LearnerSettings(
-        rank=0,
-        world_size=lc.num_ranks,
-        model_path=model_path,
-        dtype=config.model.dtype,
-        zero_stage=lc.zero_stage,
-        lr=lc.lr,
-        betas=lc.betas,
-        weight_decay=lc.weight_decay,
-        warmup_steps=lc.warmup_steps,
-        grad_clip=lc.grad_clip,
-        micro_batch_tokens=lc.micro_batch_tokens,
-        gradient_checkpointing=lc.gradient_checkpointing,
-        torch_threads=lc.torch_threads,
-        group_size=config.rollout.group_size,
-        prompts_per_step=config.trainer.prompts_per_step,
-        temperature=config.rollout.sampling.temperature,
-        algorithm=lc.algorithm,
-        checkpoint_dir=str(output_dir / "checkpoints"),
-        keep_checkpoints=config.trainer.keep_checkpoints,
-        batch_timeout_s=lc.batch_timeout_s,
-        read_block_ms=config.buffer.read_block_ms,
-        seed=config.trainer.seed,
-    )
-
-
-def worker_settings_factory(config: JobConfig, model_path: str):
-    sampling = config.rollout.sampling
-
-    def make(worker_id: str) -> WorkerSettings:
-        return WorkerSettings(
-            worker_id=worker_id,
-            model_path=model_path,
-            engine=config.rollout.engine,
-            dtype=config.model.dtype,
-            torch_threads=config.rollout.torch_threads,
-            group_size=config.rollout.group_size,
-            sampling=SamplingSettings(
-                max_new_tokens=sampling.max_new_tokens,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-            ),
-            env_name=config.env.name,
-            env_params=dict(config.env.params),
-            seed=config.trainer.seed,
-        )
-
-    return make
-
-
-def local_cpus(config: JobConfig) -> int:
-    """Logical CPUs for a local Ray instance: enough to place every actor we ask for."""
-    wanted = (
-        config.learner.num_ranks * config.learner.cpus_per_rank
-        + config.rollout.num_workers * config.rollout.cpus_per_worker
-    )
-    return config.ray.num_cpus or max(2, int(wanted + 0.999) + 1)
-
-
-@contextmanager
-def progress(total: int, start: int) -> Iterator[Any]:
-    bar = tqdm(
-        total=total,
-        initial=start,
-        desc="train",
-        unit="step",
-        disable=not sys.stderr.isatty(),
-        dynamic_ncols=True,
-    )
-    try:
-        yield bar
-    finally:
-        bar.close()
+        raise JobConfigError(f"rollout.engine {config.rollout.engine!r} is not available yet")
 
 
 def _status_line(metrics: dict[str, Any], total: int) -> str:
@@ -151,117 +86,184 @@ def _status_line(metrics: dict[str, Any], total: int) -> str:
         f"step {metrics['step']}/{total} reward={metrics['reward/mean']:.3f} {channels} "
         f"len={metrics['response/length_mean']:.0f} loss={metrics['loss/total']:+.4f} "
         f"stale<={metrics['staleness/max']} wait={metrics['time/wait_batch_s']:.1f}s "
-        f"train={metrics['time/train_s']:.1f}s"
+        f"train={metrics['time/train_s']:.1f}s step={metrics['time/step_s']:.1f}s"
     )
 
 
-def _train_step(learner: LearnerGroup, fleet: RolloutFleet) -> dict[str, Any]:
-    """Run one learner step while keeping the rollout fleet supervised."""
-    refs = [rank.train_step.remote() for rank in learner.ranks]
-    # The learner itself gives up after batch_timeout_s; this bounds a hung collective.
-    deadline = time.monotonic() + 2 * learner.call_timeout_s
-    while True:
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=SUPERVISE_EVERY_S)
-        if len(done) == len(refs):
-            return ray.get(refs)[0]
-        fleet.supervise()
-        if time.monotonic() > deadline:
-            raise TimeoutError("learner step did not finish in time; see the learner logs")
+class Job:
+    """One run of the training loop over parts that are already started."""
 
+    def __init__(self, config: JobConfig, output_dir: Path, resume: bool) -> None:
+        self.config = config
+        self.output_dir = output_dir
+        self.resume = resume
+        self.redis: EmbeddedRedis | None = None
 
-def run_job(config: JobConfig) -> JobResult:
-    validate_job(config)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    model_path = resolve_model(config.model.path)
-    total = config.trainer.steps
+    def _check_fresh(self, buffer: RedisStreamBuffer) -> None:
+        if self.resume:
+            return
+        held = buffer.stats().length
+        if latest_checkpoint(self.output_dir / "checkpoints") or held:
+            raise RunExistsError(
+                f"output.dir {self.output_dir} (stream {buffer.stream!r}, {held} entries) holds "
+                "a previous run: add --resume to continue it, or set output.dir and name for a "
+                "new one"
+            )
 
-    with ExitStack() as stack:
+    def _start_buffer(self, stack: ExitStack) -> tuple[str, RedisStreamBuffer]:
+        config = self.config
         if config.buffer.url:
-            redis_url = config.buffer.url
+            url = config.buffer.url
         else:
-            redis_url = stack.enter_context(EmbeddedRedis(output_dir / "redis")).url
+            self.redis = EmbeddedRedis(self.output_dir / "redis", fsync=config.buffer.fsync)
+            url = stack.enter_context(self.redis).url
         buffer = RedisStreamBuffer(
-            redis_url,
+            url,
             config.stream_name,
             maxlen=config.buffer.maxlen,
             trim_acknowledged=config.buffer.trim_acknowledged,
         )
         buffer.ensure_group()
-        stack.enter_context(ray_session(local_cpus(config)))
+        self._check_fresh(buffer)
+        return url, buffer
 
-        weights = ObjectStoreWeights(WeightStore.remote(), timeout_s=CALL_TIMEOUT_S)
-        controller = RolloutController.remote(config.batch_size, config.trainer.max_staleness)
-        log.info(
-            "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",
-            config.learner.num_ranks,
-            config.learner.zero_stage,
+    def _supervise(self, fleet: RolloutFleet) -> None:
+        if self.redis is not None and self.redis.restart_if_dead():
+            log.warning("embedded redis had died; restarted it on the same data")
+        fleet.supervise()
+
+    def _train_step(self, learner: LearnerGroup, fleet: RolloutFleet) -> dict[str, Any]:
+        """Run one learner step while keeping the rollout side supervised."""
+        refs = [rank.train_step.remote() for rank in learner.ranks]
+        # The learner gives up by itself after batch_timeout_s; this bounds a hung collective.
+        deadline = time.monotonic() + self.config.learner.batch_timeout_s + CALL_TIMEOUT_S
+        while True:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=SUPERVISE_EVERY_S)
+            if len(done) == len(refs):
+                return ray.get(refs)[0]
+            self._supervise(fleet)
+            if time.monotonic() > deadline:
+                raise TimeoutError("learner step did not finish in time; see the learner logs")
+
+    def run(self) -> JobResult:
+        config = self.config
+        total = config.trainer.steps
+        model_path = resolve_model(config.model.path)
+        with ExitStack() as stack:
+            redis_url, buffer = self._start_buffer(stack)
+            stack.enter_context(ray_session(local_cpus(config)))
+            weights = ObjectStoreWeights(WeightStore.remote(), timeout_s=CALL_TIMEOUT_S)
+            log.info(
+                "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",
+                config.learner.num_ranks,
+                config.learner.zero_stage,
+            )
+            learner = LearnerGroup(
+                learner_settings(config, model_path, self.output_dir),
+                buffer.with_consumer("learner-0"),
+                weights,
+                cpus_per_rank=config.learner.cpus_per_rank,
+                call_timeout_s=CALL_TIMEOUT_S,
+            )
+            step = version = 0
+            latest = latest_checkpoint(self.output_dir / "checkpoints")
+            if self.resume and latest is not None:
+                restored = learner.restore(str(latest))
+                step, version = restored["step"], restored["version"]
+                log.info("resumed from %s (step %d, policy version %d)", latest, step, version)
+            learner.publish()
+            stats = buffer.stats()
+            # Samples already in the stream count as admitted, so a resume never over-admits.
+            controller = RolloutController.remote(
+                config.batch_size,
+                config.trainer.max_staleness,
+                version=version,
+                accepted=version * config.batch_size + stats.pending + stats.undelivered,
+            )
+            fleet = RolloutFleet(
+                worker_settings_factory(config, model_path, step),
+                buffer,
+                weights,
+                ControllerGate(controller),
+                controller,
+                cpus_per_worker=config.rollout.cpus_per_worker,
+                restart_budget=config.rollout.max_worker_restarts,
+            )
+            fleet.scale_to(config.rollout.num_workers)
+            writer = MetricsWriter(self.output_dir, tensorboard=config.output.tensorboard)
+            checkpoint = latest
+            try:
+                checkpoint = self._loop(step, total, learner, fleet, controller, buffer, writer)
+            finally:
+                ray.get(controller.stop.remote())
+                worker_reports = fleet.stop(timeout_s=120.0)
+                writer.close()
+        plot = None
+        if config.output.plot:
+            plot = plot_rewards(
+                writer.jsonl_path, self.output_dir / "reward_curve.png", config.name
+            )
+        return JobResult(
+            output_dir=self.output_dir,
+            checkpoint=checkpoint / "hf" if checkpoint else None,
+            metrics=writer.jsonl_path,
+            plot=plot,
+            steps=total,
+            redis_url=redis_url,
+            stream=config.stream_name,
+            worker_reports=worker_reports,
         )
-        learner = LearnerGroup(
-            learner_settings(config, model_path, output_dir),
-            buffer.with_consumer("learner-0"),
-            weights,
-            cpus_per_rank=config.learner.cpus_per_rank,
-            call_timeout_s=CALL_TIMEOUT_S,
-        )
-        learner.publish()
-        fleet = RolloutFleet(
-            worker_settings_factory(config, model_path),
-            buffer,
-            weights,
-            ControllerGate(controller),
-            controller,
-            cpus_per_worker=config.rollout.cpus_per_worker,
-            restart_budget=config.rollout.max_worker_restarts,
-        )
-        fleet.scale_to(config.rollout.num_workers)
-        writer = MetricsWriter(output_dir, tensorboard=config.output.tensorboard)
+
+    def _loop(
+        self,
+        start: int,
+        total: int,
+        learner: LearnerGroup,
+        fleet: RolloutFleet,
+        controller: Any,
+        buffer: RedisStreamBuffer,
+        writer: MetricsWriter,
+    ) -> Path | None:
+        every = self.config.trainer.checkpoint_every
+        meter = PipelineMeter()
         checkpoint: Path | None = None
-        try:
-            with progress(total, 0) as bar:
-                for step in range(1, total + 1):
-                    started = time.perf_counter()
-                    metrics = _train_step(learner, fleet)
-                    ray.get(controller.set_version.remote(metrics["version"]))
-                    snapshot = ray.get(controller.snapshot.remote())
-                    stats = buffer.stats()
-                    metrics.update(
-                        {
-                            "time/step_s": time.perf_counter() - started,
-                            "rollout/workers": fleet.size,
-                            "rollout/restarts": fleet.restarts,
-                            "rollout/in_flight": snapshot["running"],
-                            "buffer/pending": stats.pending,
-                            "buffer/undelivered": stats.undelivered,
-                            "buffer/dead_letters": stats.dead_letters,
-                        }
-                    )
-                    if (
-                        config.trainer.checkpoint_every
-                        and step % config.trainer.checkpoint_every == 0
-                    ):
-                        checkpoint = Path(learner.save_checkpoint())
-                    writer.write(step, metrics)
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
-                    log.info(_status_line(metrics, total))
-            if checkpoint is None or not checkpoint.name.endswith(f"{total:06d}"):
-                checkpoint = Path(learner.save_checkpoint())
-        finally:
-            ray.get(controller.stop.remote())
-            worker_reports = fleet.stop(timeout_s=120.0)
-            writer.close()
-    plot = None
-    if config.output.plot:
-        plot = plot_rewards(writer.jsonl_path, output_dir / "reward_curve.png", config.name)
-    return JobResult(
-        output_dir=output_dir,
-        checkpoint=checkpoint / "hf" if checkpoint else None,
-        metrics=writer.jsonl_path,
-        plot=plot,
-        steps=total,
-        redis_url=redis_url,
-        stream=config.stream_name,
-        worker_reports=worker_reports,
-    )
+        bar = tqdm(total=total, initial=start, desc="train", unit="step",
+                   disable=not sys.stderr.isatty(), dynamic_ncols=True)  # fmt: skip
+        with bar:
+            for step in range(start + 1, total + 1):
+                started = time.perf_counter()
+                metrics = self._train_step(learner, fleet)
+                ray.get(controller.set_version.remote(metrics["version"]))
+                refill = int(sum(metrics.get(key, 0) for key in REFILLED_DISCARDS))
+                if refill:
+                    ray.get(controller.discard.remote(refill))
+                reports = fleet.reports_now(timeout_s=30.0)
+                stats = buffer.stats()
+                snapshot = ray.get(controller.snapshot.remote())
+                metrics.update(meter.step(reports, metrics))
+                metrics.update(
+                    {
+                        "time/step_s": time.perf_counter() - started,
+                        "rollout/workers": fleet.size,
+                        "rollout/restarts": fleet.restarts,
+                        "rollout/in_flight": snapshot["running"],
+                        "buffer/queue_depth": stats.undelivered,
+                        "buffer/pending": stats.pending,
+                        "buffer/dead_letters": stats.dead_letters,
+                    }
+                )
+                if (every and step % every == 0) or step == total:
+                    checkpoint = Path(learner.save_checkpoint())
+                writer.write(step, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
+                log.info(_status_line(metrics, total))
+        return checkpoint
+
+
+def run_job(config: JobConfig, resume: bool = False) -> JobResult:
+    validate_job(config)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return Job(config, output_dir, resume).run()

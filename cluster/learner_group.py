@@ -63,6 +63,9 @@ class LearnerGroup:
     def save_checkpoint(self) -> str:
         return self._all("save_checkpoint")[0]
 
+    def restore(self, folder: str) -> dict[str, Any]:
+        return self._all("restore", folder)[0]
+
     def kill(self) -> None:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)

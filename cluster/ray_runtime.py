@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +30,19 @@ def actor_env_vars() -> dict[str, str]:
     return env
 
 
+def _keeping_signal_handlers(start: Callable[[], object]) -> None:
+    """Ray's core worker installs crash handlers for SIGTERM that end the driver at once;
+    put ours back so a stop signal unwinds the job and its cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        start()  # only the main thread may set handlers, and it keeps its own
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    start()
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def ray_session(num_cpus: int | None) -> Iterator[bool]:
     """Yields True when this process started the Ray instance it is connected to."""
@@ -37,7 +52,9 @@ def ray_session(num_cpus: int | None) -> Iterator[bool]:
     env_vars = actor_env_vars()
     Path(env_vars["TORCH_EXTENSIONS_DIR"]).mkdir(parents=True, exist_ok=True)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        _keeping_signal_handlers(
+            lambda: ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        )
         log.info("connected to Ray at %s", os.environ["RAY_ADDRESS"])
         try:
             yield False
@@ -46,12 +63,14 @@ def ray_session(num_cpus: int | None) -> Iterator[bool]:
         return
     # A stray ~/.ray/auth_token would otherwise switch a private local cluster to token auth.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        runtime_env={"env_vars": env_vars},
-        log_to_driver=True,
-        configure_logging=False,
+    _keeping_signal_handlers(
+        lambda: ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            runtime_env={"env_vars": env_vars},
+            log_to_driver=True,
+            configure_logging=False,
+        )
     )
     log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
 
@@ -15,6 +16,14 @@ log = logging.getLogger(__name__)
 
 PAYLOAD_FIELD = b"traj"
 ID_FIELD = b"id"
+
+T = TypeVar("T")
+
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class BufferUnavailableError(RuntimeError):
+    """Redis stayed unreachable for longer than the buffer's reconnect window."""
 
 
 def _text(value: bytes | str) -> str:
@@ -34,6 +43,7 @@ class RedisStreamBuffer:
         maxlen: int = 1_000_000,
         socket_timeout_s: float = 30.0,
         trim_acknowledged: bool = True,
+        reconnect_window_s: float = 120.0,
     ) -> None:
         self.url = url
         self.stream = stream
@@ -42,6 +52,7 @@ class RedisStreamBuffer:
         self.maxlen = maxlen
         self.socket_timeout_s = socket_timeout_s
         self.trim_acknowledged = trim_acknowledged
+        self.reconnect_window_s = reconnect_window_s
         self._redis: redis.Redis | None = None
         # A consumer first re-reads what it was given before a restart, then new entries.
         self._replay_cursor: str | None = "0"
@@ -64,6 +75,7 @@ class RedisStreamBuffer:
             self.maxlen,
             self.socket_timeout_s,
             self.trim_acknowledged,
+            self.reconnect_window_s,
         )
 
     @property
@@ -78,19 +90,53 @@ class RedisStreamBuffer:
             )
         return self._redis
 
+    def _retrying(
+        self, operation: Callable[[], T], on_reconnect: Callable[[], None] | None = None
+    ) -> T:
+        """Run `operation`, riding out a Redis restart for up to the reconnect window."""
+        deadline = time.monotonic() + self.reconnect_window_s
+        delay = 0.1
+        while True:
+            try:
+                return operation()
+            except _RETRYABLE as exc:
+                if time.monotonic() > deadline:
+                    raise BufferUnavailableError(
+                        f"redis unreachable for {self.reconnect_window_s:.0f}s: {exc}"
+                    ) from exc
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if on_reconnect is not None:
+                    on_reconnect()
+
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        def create() -> None:
+            try:
+                self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+        self._retrying(create)
 
     def push(self, trajectories: Sequence[Trajectory]) -> list[str]:
-        pipe = self.client.pipeline(transaction=False)
-        for trajectory in trajectories:
-            fields = {ID_FIELD: trajectory.id.encode(), PAYLOAD_FIELD: encode(trajectory)}
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
-        return [_text(entry_id) for entry_id in pipe.execute()]
+        """Append a group atomically (MULTI/EXEC): a producer that dies mid-push leaves all
+        of it or none of it, never a group the learner would wait on forever."""
+        payloads = [
+            {ID_FIELD: trajectory.id.encode(), PAYLOAD_FIELD: encode(trajectory)}
+            for trajectory in trajectories
+        ]
+
+        def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=True)
+            for fields in payloads:
+                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+            return pipe.execute()
+
+        # A retry after a lost reply may add the group twice; the learner drops duplicates by
+        # trajectory id, so a retry never trains twice on one episode.
+        return [_text(entry_id) for entry_id in self._retrying(send)]
 
     def _dead_letter(self, entry_id: str, reason: str, fields: dict[bytes, bytes] | None) -> None:
         record = {b"source_id": entry_id.encode(), b"reason": reason.encode()}
@@ -124,6 +170,13 @@ class RedisStreamBuffer:
         return entries
 
     def read(self, max_count: int, block_ms: int) -> list[BufferEntry]:
+        def replay_own_pending() -> None:
+            # Entries delivered in a reply that was lost are pending for us: read them again.
+            self._replay_cursor = "0"
+
+        return self._retrying(lambda: self._read_once(max_count, block_ms), replay_own_pending)
+
+    def _read_once(self, max_count: int, block_ms: int) -> list[BufferEntry]:
         if self._replay_cursor is not None:
             response = self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: self._replay_cursor}, count=max_count
@@ -141,9 +194,9 @@ class RedisStreamBuffer:
     def ack(self, entry_ids: Sequence[str]) -> int:
         if not entry_ids:
             return 0
-        acked = int(self.client.xack(self.stream, self.group, *entry_ids))
+        acked = int(self._retrying(lambda: self.client.xack(self.stream, self.group, *entry_ids)))
         if self.trim_acknowledged:
-            self._trim_consumed()
+            self._retrying(self._trim_consumed)
         return acked
 
     def _trim_consumed(self) -> None:
@@ -158,6 +211,9 @@ class RedisStreamBuffer:
 
     def claim_abandoned(self, min_idle_ms: int) -> int:
         """Take over entries a dead consumer was given but never acknowledged."""
+        return self._retrying(lambda: self._claim_once(min_idle_ms))
+
+    def _claim_once(self, min_idle_ms: int) -> int:
         claimed = 0
         cursor = "0-0"
         while True:
@@ -172,6 +228,9 @@ class RedisStreamBuffer:
         return claimed
 
     def stats(self) -> BufferStats:
+        return self._retrying(self._stats_once)
+
+    def _stats_once(self) -> BufferStats:
         length = int(self.client.xlen(self.stream))
         pending = int(self.client.xpending(self.stream, self.group)["pending"])
         groups = {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}

@@ -109,6 +109,18 @@ class RolloutFleet:
             log.warning(events[-1])
         return events
 
+    def reports_now(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Each live worker's running counters (the run loop keeps going meanwhile)."""
+        refs = [member.handle.report.remote() for member in self._members.values()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        reports = []
+        for ref in ready:
+            try:
+                reports.append(ray.get(ref))
+            except (RayActorError, RayTaskError):
+                continue  # a dying worker; supervise() replaces it
+        return reports
+
     def stop(self, timeout_s: float) -> list[dict[str, Any]]:
         """Workers finish their current group after the controller stops admitting."""
         refs = [member.run_ref for member in self._members.values()]

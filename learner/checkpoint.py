@@ -66,3 +66,16 @@ def read_ledger(root: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_ledger(root: Path, step: int) -> list[dict[str, Any]]:
+    """Keep only records of steps up to `step` (those a restored checkpoint contains)."""
+    kept = [record for record in read_ledger(root) if record["step"] <= step]
+    scratch = root / f".{LEDGER_FILE}.tmp"
+    with scratch.open("w") as ledger:
+        for record in kept:
+            ledger.write(json.dumps(record, sort_keys=True) + "\n")
+        ledger.flush()
+        os.fsync(ledger.fileno())
+    os.replace(scratch, root / LEDGER_FILE)
+    return kept

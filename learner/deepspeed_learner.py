@@ -25,8 +25,9 @@ from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
 from relayrl.learner.algorithms.logprobs import token_entropy, token_logprobs
 from relayrl.learner.algorithms.types import AdvantageInputs, LossInputs
-from relayrl.learner.batching import GroupAssembler, pad_rows, plan_micro_batches
+from relayrl.learner.batching import pad_rows, plan_micro_batches
 from relayrl.learner.full_state import full_state_dict
+from relayrl.learner.intake import BatchIntake
 from relayrl.trajectory import Trajectory, decode, encode
 from relayrl.weights import WeightPublisher
 
@@ -58,11 +59,9 @@ class LearnerSettings:
     keep_checkpoints: int
     batch_timeout_s: float
     read_block_ms: int
+    # Groups older than this many versions at read time are discarded (counted, never silent).
+    max_staleness: int | None = None
     seed: int = 0
-
-
-class BatchTimeoutError(RuntimeError):
-    """No complete batch arrived in time: the rollout side is stalled or dead."""
 
 
 def deepspeed_config(settings: LearnerSettings) -> dict[str, Any]:
@@ -97,10 +96,18 @@ class DeepSpeedLearner:
         self.publisher = publisher
         self.version = 0
         self.step = 0
-        self.assembler = GroupAssembler(settings.group_size)
-        # Steps trained since the last checkpoint: their entries are acknowledged only once a
-        # checkpoint containing the steps is durable.
-        self.uncommitted: list[dict[str, Any]] = []
+        self.intake = (
+            BatchIntake(
+                consumer,
+                settings.group_size,
+                settings.prompts_per_step,
+                settings.max_staleness,
+                settings.batch_timeout_s,
+                settings.read_block_ms,
+            )
+            if consumer is not None
+            else None
+        )
         self.engine: Any = None
         self.estimator = build_advantage_estimator(settings.algorithm.advantage)
         self.objective = build_objective(settings.algorithm)
@@ -143,30 +150,13 @@ class DeepSpeedLearner:
 
     # ---- data -------------------------------------------------------------------------
 
-    def _read_batch(self) -> list[BufferEntry]:
-        assert self.consumer is not None
-        s = self.settings
-        deadline = time.monotonic() + s.batch_timeout_s
-        while (batch := self.assembler.take(s.prompts_per_step)) is None:
-            if time.monotonic() > deadline:
-                raise BatchTimeoutError(
-                    f"no complete batch after {s.batch_timeout_s:.0f}s: "
-                    f"{self.assembler.held()} trajectories held, "
-                    f"{self.assembler.complete_groups()} complete groups of {s.group_size}"
-                )
-            self.assembler.add(
-                self.consumer.read(s.group_size * s.prompts_per_step, s.read_block_ms)
-            )
-        return batch
-
-    def _shared_batch(self) -> tuple[list[Trajectory], list[str]]:
+    def _shared_batch(self) -> tuple[list[Trajectory], list[BufferEntry]]:
         """Rank 0 reads; the others receive the same trajectories in the same order."""
-        entries = self._read_batch() if self.settings.rank == 0 else []
+        entries = self.intake.next_batch(self.version) if self.intake is not None else []
         payload = [[encode(e.trajectory) for e in entries]]
         if self.settings.world_size > 1:
             dist.broadcast_object_list(payload, src=0)
-        trajectories = [decode(raw) for raw in payload[0]]
-        return trajectories, [e.entry_id for e in entries]
+        return [decode(raw) for raw in payload[0]], entries
 
     # ---- training -----------------------------------------------------------------------
 
@@ -178,8 +168,7 @@ class DeepSpeedLearner:
     def train_step(self) -> dict[str, Any]:
         s = self.settings
         started = time.perf_counter()
-        trajectories, entry_ids = self._shared_batch()
-        trajectory_ids = [t.id for t in trajectories]
+        trajectories, entries = self._shared_batch()
         waited = time.perf_counter() - started
 
         full = pad_rows(trajectories, slice(None), self.pad_id)
@@ -236,9 +225,10 @@ class DeepSpeedLearner:
         metrics["lr"] = float(self.engine.get_lr()[0])
         self.version += 1
         self.step += 1
-        self.uncommitted.append(
-            {"step": self.step, "entry_ids": entry_ids, "trajectory_ids": trajectory_ids}
-        )
+        if self.intake is not None:
+            discarded = self.intake.record_step(self.step, entries)
+            metrics.update({f"discarded/{reason}": n for reason, n in discarded.items()})
+            metrics["discarded/total"] = sum(discarded.values())
         publish_started = time.perf_counter()
         self.publish()
         metrics.update(
@@ -279,6 +269,7 @@ class DeepSpeedLearner:
             "staleness/mean": float(staleness.mean()),
             "batch/trajectories": len(trajectories),
             "batch/sampled_tokens": int(lengths.sum()),
+            "batch/total_tokens": int(sum(len(t.tokens) for t in trajectories)),
             "batch/min_token_version": int(sampled_versions.min()),
         }
         channels = sorted({name for t in trajectories for name in t.reward_channels})
@@ -312,12 +303,25 @@ class DeepSpeedLearner:
         self.engine.save_checkpoint(str(folder / "deepspeed"), tag="engine")
         if s.rank == 0:
             checkpoint.write_state(folder, {"step": self.step, "version": self.version})
+            # Ledger first, then `latest`, then acks: a crash between any two of them
+            # re-delivers entries that the restored ledger does not count as trained.
+            if self.intake is not None:
+                self.intake.write_ledger(root)
             checkpoint.mark_latest(root, folder)
-            checkpoint.append_ledger(root, self.uncommitted)
-            if self.consumer is not None:
-                self.consumer.ack([i for record in self.uncommitted for i in record["entry_ids"]])
-            self.uncommitted = []
+            if self.intake is not None:
+                self.intake.acknowledge()
             checkpoint.prune(root, s.keep_checkpoints)
         if s.world_size > 1:
             dist.barrier()
         return str(folder)
+
+    def restore(self, folder: str) -> dict[str, Any]:
+        """Resume from a checkpoint: engine and optimizer state, step, version, ledger."""
+        path = Path(folder)
+        state = checkpoint.read_state(path)
+        self.engine.load_checkpoint(str(path / "deepspeed"), tag="engine")
+        self.step = int(state["step"])
+        self.version = int(state["version"])
+        if self.intake is not None:
+            self.intake.restore(path.parent, self.step)
+        return {"step": self.step, "version": self.version}

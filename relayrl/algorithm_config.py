@@ -153,9 +153,11 @@ LossConfig = Annotated[
 
 
 class CriticConfig(_AggregatedLossConfig):
-    """Value loss of the critic that GAE needs; clipped around the old values as in PPO."""
+    """The critic GAE needs: a value head on its own engine, trained with a clipped value loss."""
 
     value_clip: float | None = Field(0.2, gt=0)
+    # The critic's own learning rate; none uses learner.lr.
+    lr: float | None = Field(None, gt=0)
 
 
 # --- regularizers and filters ---------------------------------------------------------------
@@ -197,6 +199,50 @@ class OverlongConfig(_Strict):
         return self
 
 
+class ImportanceSamplingConfig(_Strict):
+    """Importance weights w = pi / mu between the policy the loss's ratio starts from and the
+    behaviour policy mu that sampled the tokens (the stored Trajectory.logprobs).
+
+    truncate (IMPALA's rho-bar, Espeholt et al. 2018; TIS, Yao et al. 2025): min(w, cap).
+    mask (IcePop, Ling Team 2025; MIS, Liu et al. 2025): w inside [lower, cap], else 0.
+    sequence level uses one w per sequence, the product of its token ratios.
+    """
+
+    level: Literal["token", "sequence"] = "token"
+    mode: Literal["truncate", "mask"] = "truncate"
+    cap: float = Field(2.0, gt=1)
+    # mask only: weights below this are masked too; none masks only above the cap.
+    lower: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _lower_needs_mask(self) -> ImportanceSamplingConfig:
+        if self.lower is not None and self.mode != "mask":
+            raise ValueError("importance_sampling.lower applies only to mode 'mask'")
+        return self
+
+
+class OffPolicyConfig(_Strict):
+    """Corrections for tokens sampled by an older policy, or by an inference engine whose
+    numerics differ from the learner's.
+
+    decoupled (Hilton et al. 2022; AReaL, Fu et al. 2025): the clipped ratio starts from the
+    proximal policy, the learner's own log-probs of the batch before this step's update, and the
+    behaviour policy enters only through the importance weight pi_prox / mu (capped by
+    importance_sampling when set). Not decoupled with importance_sampling: the weight is
+    pi / mu of the current policy, and the ratio starts from the current policy itself, so the
+    truncated or masked weight is the whole off-policy correction.
+    """
+
+    decoupled: bool = False
+    importance_sampling: ImportanceSamplingConfig | None = None
+
+    @model_validator(mode="after")
+    def _does_something(self) -> OffPolicyConfig:
+        if not self.decoupled and self.importance_sampling is None:
+            raise ValueError("off_policy needs decoupled: true or importance_sampling")
+        return self
+
+
 class AlgorithmConfig(_Strict):
     """Defaults: GRPO advantages, PPO-clip (eps 0.2, token_mean), no KL, no critic."""
 
@@ -207,6 +253,7 @@ class AlgorithmConfig(_Strict):
     entropy: EntropyConfig | None = None
     dynamic_sampling: DynamicSamplingConfig | None = None
     overlong: OverlongConfig | None = None
+    off_policy: OffPolicyConfig | None = None
 
     @model_validator(mode="after")
     def _critic_iff_gae(self) -> AlgorithmConfig:
@@ -215,4 +262,11 @@ class AlgorithmConfig(_Strict):
             raise ValueError("advantage 'gae' needs a critic: set algorithm.critic")
         if self.critic is not None and not uses_gae:
             raise ValueError("algorithm.critic is only used by advantage 'gae'")
+        return self
+
+    @model_validator(mode="after")
+    def _off_policy_needs_a_behaviour_policy(self) -> AlgorithmConfig:
+        if self.off_policy is not None and self.loss.name == "sft":
+            raise ValueError("off_policy does not apply to loss 'sft': demonstrations have no "
+                             "behaviour policy")
         return self

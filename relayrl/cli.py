@@ -5,9 +5,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from types import FrameType
 
 EXIT_CONFIG_ERROR = 2
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_cleanly_on_signals() -> None:
+    """SIGTERM (and SIGINT, which shells ignore in background jobs) unwind the job, so the
+    Ray instance, the embedded Redis and the workers it started are stopped."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -19,15 +32,18 @@ def _train(args: argparse.Namespace) -> int:
         print(f"relayrl: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
-    from relayrl.cluster.job import run_job
-    from relayrl.envs.registry import EnvConfigError
+    from relayrl.cluster.job import JobConfigError, run_job
     from relayrl.models import ModelNotFoundError
 
+    _stop_cleanly_on_signals()
     try:
-        result = run_job(config)
-    except (EnvConfigError, ModelNotFoundError) as exc:
+        result = run_job(config, resume=args.resume)
+    except (JobConfigError, ModelNotFoundError) as exc:
         print(f"relayrl: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt as exc:
+        print(f"relayrl: stopped ({exc or 'interrupted'})", file=sys.stderr)
+        return 130
     print(f"trained {result.steps} steps; outputs in {result.output_dir}")
     print(f"  checkpoint (Hugging Face format): {result.checkpoint}")
     print(f"  metrics (JSON lines):             {result.metrics}")
@@ -54,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY.SUB=VALUE",
         help="override one config field (repeatable), e.g. --set trainer.steps=5",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output.dir from its latest checkpoint and buffer position",
     )
     train.set_defaults(handler=_train)
     sandbox = commands.add_parser("sandbox", help="run untrusted Python in the sandbox")

@@ -49,6 +49,8 @@ class BufferConfig(Section):
     # Safety bound on the stream length; admission control keeps the backlog far below it.
     maxlen: int = Field(1_000_000, ge=1000)
     read_block_ms: int = Field(1000, ge=1)
+    # Embedded Redis: "always" fsyncs every write, so a crash loses nothing acknowledged.
+    fsync: Literal["always", "everysec"] = "always"
     # Drop acknowledged entries from the stream; off keeps the full history for auditing.
     trim_acknowledged: bool = True
 
