@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"relayrl: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except KeyboardInterrupt as exc:
-        print(f"relayrl: stopped ({exc or 'interrupted'})", file=sys.stderr)
+        print(f"relayrl: stopped ({exc or 'interrupted'}); resume with --resume", file=sys.stderr)
         return 130
     print(f"trained {result.steps} steps; outputs in {result.output_dir}")
     print(f"  checkpoint (Hugging Face format): {result.checkpoint}")

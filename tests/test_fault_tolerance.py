@@ -1,0 +1,169 @@
+"""Crashes at awkward moments: SIGKILL a rollout worker and the learner mid-run, then resume;
+kill the embedded Redis mid-run. Every trajectory is accounted for afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from relayrl.cluster.embedded_redis import EmbeddedRedis
+from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
+from relayrl.learner.checkpoint import read_ledger
+from relayrl.trajectory import decode
+
+pytestmark = pytest.mark.slow
+
+STALENESS = 1
+
+
+def job_args(model: str, out: Path, steps: int, extra: list[str]) -> list[str]:
+    overrides = [
+        "name=faults",
+        f"model.path={model}",
+        "rollout.num_workers=2",
+        "rollout.group_size=2",
+        "rollout.sampling.max_new_tokens=8",
+        "env.name=tests.plugin_envs:DIGITS",
+        "buffer.trim_acknowledged=false",
+        "learner.micro_batch_tokens=128",
+        "learner.batch_timeout_s=120",
+        f"trainer.steps={steps}",
+        "trainer.prompts_per_step=2",
+        f"trainer.max_staleness={STALENESS}",
+        "trainer.checkpoint_every=1",
+        f"output.dir={out}",
+        "output.tensorboard=false",
+        *extra,
+    ]
+    args = [sys.executable, "-m", "relayrl.cli", "train", "-"]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    cwd = Path(__file__).resolve().parents[1]  # so Ray workers import tests.plugin_envs
+    return subprocess.Popen(args, cwd=cwd, stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for token in child.read_text().split():
+            found.append(int(token))
+            found.extend(descendants(int(token)))
+    return found
+
+
+def find_process(root: int, title: str, timeout_s: float = 120) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in descendants(root):
+            try:
+                program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                if title.encode() in program:
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.5)
+    raise AssertionError(f"no {title} process under {root}")
+
+
+def steps_done(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for_steps(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while steps_done(out) < count:
+        assert proc.poll() is None, f"job exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.5)
+
+
+def audit(client: redis.Redis, stream: str, out: Path, steps: int) -> None:
+    """Each trajectory pushed is trained by exactly one committed step, discarded with a
+    reason, or still pending/undelivered; trained tokens respect the staleness bound."""
+    pushed = {}
+    versions = {}
+    for entry_id, fields in client.xrange(stream):
+        trajectory = decode(fields[PAYLOAD_FIELD])
+        pushed[entry_id.decode()] = trajectory.id
+        versions[trajectory.id] = trajectory.sampled_versions()
+    ledger = read_ledger(out / "checkpoints")
+    assert [r["step"] for r in ledger] == list(range(1, steps + 1))
+    trained = [t for r in ledger for t in r["trajectory_ids"]]
+    assert len(trained) == len(set(trained)), "a trajectory was trained twice"
+    for record in ledger:
+        policy_version = record["step"] - 1
+        for trajectory_id in record["trajectory_ids"]:
+            assert policy_version - versions[trajectory_id].min() <= STALENESS
+    acked = [e for r in ledger for e in r["entry_ids"]]
+    assert len(acked) == len(set(acked))
+    pending = {
+        p["message_id"].decode()
+        for p in client.xpending_range(stream, "learner", min="-", max="+", count=100_000)
+    }
+    group = next(g for g in client.xinfo_groups(stream) if g["name"] == b"learner")
+    last = group["last-delivered-id"].decode()
+    undelivered = {e.decode() for e, _ in client.xrange(stream, min=f"({last}", max="+")}
+    assert not pending & set(acked), "an entry of a committed step is still pending"
+    assert set(acked) | pending | undelivered == set(pushed), "a trajectory vanished"
+    assert client.xlen(f"{stream}:dead") == 0
+
+
+def test_sigkill_worker_and_learner_then_resume(tiny_model_path, redis_server, tmp_path):
+    out = tmp_path / "run"
+    log = tmp_path / "job.log"
+    config = tmp_path / "job.yaml"
+    config.write_text(f"buffer:\n  url: {redis_server.url}\n")
+    args = job_args(tiny_model_path, out, steps=6, extra=[])
+    args[args.index("-")] = str(config)
+    first = start(args, log)
+    try:
+        wait_for_steps(first, out, 1)
+        os.kill(find_process(first.pid, "ray::RolloutWorker"), signal.SIGKILL)
+        wait_for_steps(first, out, 3)
+        os.kill(find_process(first.pid, "ray::LearnerActor"), signal.SIGKILL)
+        assert first.wait(180) != 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = log.read_text()
+    assert "died" in text  # the worker was replaced, with its cause
+    done_before = steps_done(out)
+    assert 3 <= done_before < 6
+
+    resumed = start([*args, "--resume"], log)
+    assert resumed.wait(600) == 0, log.read_text()[-3000:]
+    assert "resumed from" in log.read_text()
+    audit(redis.Redis.from_url(redis_server.url), "relayrl:faults:trajectories", out, 6)
+
+
+def test_embedded_redis_killed_mid_run_comes_back(tiny_model_path, tmp_path):
+    out = tmp_path / "run"
+    log = tmp_path / "job.log"
+    args = job_args(tiny_model_path, out, steps=5, extra=[])
+    config = tmp_path / "job.yaml"
+    config.write_text("name: faults\n")
+    args[args.index("-")] = str(config)
+    proc = start(args, log)
+    try:
+        wait_for_steps(proc, out, 2)
+        redis_pid = find_process(proc.pid, "redis-server", 5)
+        os.kill(redis_pid, signal.SIGKILL)
+        assert proc.wait(600) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "restarted it on the same data" in log.read_text()
+    with EmbeddedRedis(out / "redis") as server:
+        audit(redis.Redis.from_url(server.url), "relayrl:faults:trajectories", out, 5)
