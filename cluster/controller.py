@@ -47,9 +47,17 @@ class AdmissionState:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class RolloutController:
-    def __init__(self, batch_size: int, max_staleness: int, version: int = 0, accepted: int = 0):
+    def __init__(
+        self,
+        batch_size: int,
+        max_staleness: int,
+        version: int = 0,
+        accepted: int = 0,
+        desired_workers: int = 1,
+    ):
         self._state = AdmissionState(batch_size, max_staleness, version, accepted)
         self._changed = asyncio.Condition()
+        self._desired_workers = desired_workers
 
     async def acquire(self, worker_id: str, count: int, timeout_s: float) -> int | None:
         """Returns the policy version once admitted, -1 on timeout, None when stopping."""
@@ -93,6 +101,17 @@ class RolloutController:
         self._state.stopping = True
         await self._update()
 
+    def set_desired_workers(self, count: int) -> int:
+        """Ask the driver to grow or shrink the rollout fleet (it applies this on its next
+        supervision tick); returns the previous target."""
+        if count < 1:
+            raise ValueError(f"a job needs at least one rollout worker, got {count}")
+        previous, self._desired_workers = self._desired_workers, count
+        return previous
+
+    def desired_workers(self) -> int:
+        return self._desired_workers
+
     def snapshot(self) -> dict[str, Any]:
         state = self._state
         return {
@@ -100,6 +119,7 @@ class RolloutController:
             "accepted": state.accepted,
             "running": state.running,
             "capacity": state.capacity(),
+            "desired_workers": self._desired_workers,
         }
 
 
@@ -118,3 +138,11 @@ class ControllerGate:
 
     async def release(self, worker_id: str, count: int, produced: bool) -> None:
         await self._handle.release.remote(worker_id, count, produced)
+
+
+# In a job's output folder: the Ray address `relayrl scale` uses to reach its controller.
+RAY_ADDRESS_FILE = "ray_address"
+
+
+def controller_name(job_name: str) -> str:
+    return f"controller:{job_name}"

@@ -16,7 +16,12 @@ import ray
 import yaml
 from tqdm import tqdm
 
-from relayrl.cluster.controller import ControllerGate, RolloutController
+from relayrl.cluster.controller import (
+    RAY_ADDRESS_FILE,
+    ControllerGate,
+    RolloutController,
+    controller_name,
+)
 from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.job_settings import learner_settings, local_cpus, worker_settings_factory
 from relayrl.cluster.learner_group import LearnerGroup
@@ -27,6 +32,7 @@ from relayrl.cluster.rollout_fleet import RolloutFleet
 from relayrl.cluster.weight_store import ObjectStoreWeights, WeightStore
 from relayrl.config import JobConfig
 from relayrl.envs.registry import validate_env_params
+from relayrl.errors import JobConfigError
 from relayrl.learner.checkpoint import latest_checkpoint
 from relayrl.metrics import MetricsWriter
 from relayrl.models import resolve_model
@@ -39,10 +45,6 @@ CALL_TIMEOUT_S = 900.0
 SUPERVISE_EVERY_S = 2.0
 # Discards the controller refills; duplicates were never admitted, so they are not refilled.
 REFILLED_DISCARDS = ("discarded/stale", "filter/dropped_trajectories")
-
-
-class JobConfigError(ValueError):
-    """A config that passes the schema but cannot run; the message names the field."""
 
 
 class RunExistsError(JobConfigError):
@@ -127,13 +129,20 @@ class Job:
         self._check_fresh(buffer)
         return url, buffer
 
-    def _supervise(self, fleet: RolloutFleet) -> None:
+    def _supervise(self, fleet: RolloutFleet, controller: Any) -> None:
         if self.redis is not None and self.redis.restart_if_dead():
             log.warning("embedded redis had died; restarted it on the same data")
         fleet.supervise()
+        desired = ray.get(controller.desired_workers.remote(), timeout=CALL_TIMEOUT_S)
+        if desired != fleet.size:
+            log.info("scaling rollout workers %d -> %d", fleet.size, desired)
+            fleet.scale_to(desired)
 
-    def _train_step(self, learner: LearnerGroup, fleet: RolloutFleet) -> dict[str, Any]:
+    def _train_step(
+        self, learner: LearnerGroup, fleet: RolloutFleet, controller: Any
+    ) -> dict[str, Any]:
         """Run one learner step while keeping the rollout side supervised."""
+        self._supervise(fleet, controller)
         refs = [rank.train_step.remote() for rank in learner.ranks]
         # The learner gives up by itself after batch_timeout_s; this bounds a hung collective.
         deadline = time.monotonic() + self.config.learner.batch_timeout_s + CALL_TIMEOUT_S
@@ -141,7 +150,7 @@ class Job:
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=SUPERVISE_EVERY_S)
             if len(done) == len(refs):
                 return ray.get(refs)[0]
-            self._supervise(fleet)
+            self._supervise(fleet, controller)
             if time.monotonic() > deadline:
                 raise TimeoutError("learner step did not finish in time; see the learner logs")
 
@@ -174,12 +183,15 @@ class Job:
             learner.publish()
             stats = buffer.stats()
             # Samples already in the stream count as admitted, so a resume never over-admits.
-            controller = RolloutController.remote(
+            controller = RolloutController.options(name=controller_name(config.name)).remote(
                 config.batch_size,
                 config.trainer.max_staleness,
                 version=version,
                 accepted=version * config.batch_size + stats.pending + stats.undelivered,
+                desired_workers=config.rollout.num_workers,
             )
+            # `relayrl scale` reads this to reach the controller of a running job.
+            (self.output_dir / RAY_ADDRESS_FILE).write_text(ray.get_runtime_context().gcs_address)
             fleet = RolloutFleet(
                 worker_settings_factory(config, model_path, step),
                 buffer,
@@ -232,7 +244,7 @@ class Job:
         with bar:
             for step in range(start + 1, total + 1):
                 started = time.perf_counter()
-                metrics = self._train_step(learner, fleet)
+                metrics = self._train_step(learner, fleet, controller)
                 ray.get(controller.set_version.remote(metrics["version"]))
                 refill = int(sum(metrics.get(key, 0) for key in REFILLED_DISCARDS))
                 if refill:

@@ -16,6 +16,9 @@ from relayrl.models import cache_root
 
 log = logging.getLogger(__name__)
 
+# Named actors (a job's controller) live here, so `relayrl scale` can find them.
+NAMESPACE = "relayrl"
+
 
 def actor_env_vars() -> dict[str, str]:
     """Environment every relayrl actor gets, wherever the cluster runs."""
@@ -53,7 +56,9 @@ def ray_session(num_cpus: int | None) -> Iterator[bool]:
     Path(env_vars["TORCH_EXTENSIONS_DIR"]).mkdir(parents=True, exist_ok=True)
     if os.environ.get("RAY_ADDRESS"):
         _keeping_signal_handlers(
-            lambda: ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+            lambda: ray.init(
+                runtime_env={"env_vars": env_vars}, log_to_driver=True, namespace=NAMESPACE
+            )
         )
         log.info("connected to Ray at %s", os.environ["RAY_ADDRESS"])
         try:
@@ -70,6 +75,7 @@ def ray_session(num_cpus: int | None) -> Iterator[bool]:
             runtime_env={"env_vars": env_vars},
             log_to_driver=True,
             configure_logging=False,
+            namespace=NAMESPACE,
         )
     )
     log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))

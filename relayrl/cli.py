@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"relayrl: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
-    from relayrl.cluster.job import JobConfigError, run_job
+    from relayrl.cluster.job import run_job
+    from relayrl.errors import JobConfigError
     from relayrl.models import ModelNotFoundError
 
     _stop_cleanly_on_signals()
@@ -49,6 +50,27 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  metrics (JSON lines):             {result.metrics}")
     if result.plot:
         print(f"  reward curve:                     {result.plot}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from relayrl.config_loader import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"relayrl: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+    from relayrl.cluster.scale import scale_job
+    from relayrl.errors import JobConfigError
+
+    try:
+        previous = scale_job(config, args.workers)
+    except JobConfigError as exc:
+        print(f"relayrl: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"{config.name}: rollout workers {previous} -> {args.workers}")
     return 0
 
 
@@ -77,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in output.dir from its latest checkpoint and buffer position",
     )
     train.set_defaults(handler=_train)
+    scale = commands.add_parser("scale", help="change the rollout workers of a running job")
+    scale.add_argument("config", help="the running job's config (YAML)")
+    scale.add_argument("workers", type=int, help="target number of rollout workers")
+    scale.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.SUB=VALUE",
+        help="the same overrides the job was started with",
+    )
+    scale.set_defaults(handler=_scale)
     sandbox = commands.add_parser("sandbox", help="run untrusted Python in the sandbox")
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(handler=_sandbox)

@@ -1,0 +1,79 @@
+"""Rollout workers join and leave a running job; joiners pull the current weights first."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relayrl.metrics import read_metrics
+from tests.test_fault_tolerance import job_args, start, wait_for_steps
+
+pytestmark = pytest.mark.slow
+
+
+def scale(args: list[str], workers: int) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "relayrl.cli", "scale", args[4], str(workers)]
+    command += args[5:]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_metrics(out / "metrics.jsonl")
+        if records and records[-1]["rollout/workers"] == count:
+            return
+        assert proc.poll() is None, f"job exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"never saw {count} workers"
+        time.sleep(0.5)
+
+
+def test_scale_workers_up_and_down_while_training(tiny_model_path, redis_server, tmp_path):
+    out = tmp_path / "run"
+    log = tmp_path / "job.log"
+    config = tmp_path / "job.yaml"
+    config.write_text(f"buffer:\n  url: {redis_server.url}\n")
+    # Far more steps than the test waits for: it stops the job itself once it has seen both.
+    extra = ["name=elastic", "trainer.checkpoint_every=0", "trainer.steps=100000"]
+    args = job_args(tiny_model_path, out, steps=100000, extra=extra)
+    args[args.index("-")] = str(config)
+    proc = start(args, log)
+    try:
+        wait_for_steps(proc, out, 1)
+        grown = scale(args, 3)
+        assert grown.returncode == 0, grown.stderr
+        assert "rollout workers 2 -> 3" in grown.stdout
+        wait_for_workers(proc, out, 3)
+        shrunk = scale(args, 1)
+        assert shrunk.returncode == 0, shrunk.stderr
+        wait_for_workers(proc, out, 1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(300) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "scaling rollout workers 2 -> 3" in text and "scaling rollout workers 3 -> 1" in text
+    records = read_metrics(out / "metrics.jsonl")
+    # Training carried on through both changes without a gap, on fresh weights.
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    assert all(r["staleness/max"] <= 1 for r in records)
+    assert "stopped" in text
+
+
+def test_scale_without_a_running_job_exits_2(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"output:\n  dir: {tmp_path}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "relayrl.cli", "scale", str(config), "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no running job" in result.stderr
