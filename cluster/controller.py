@@ -97,6 +97,12 @@ class RolloutController:
         await self._update()
         return lost
 
+    async def restore(self, version: int, accepted: int) -> None:
+        """Counters of a resumed job: its policy version and the samples already admitted."""
+        self._state.version = version
+        self._state.accepted = accepted
+        await self._update()
+
     async def stop(self) -> None:
         self._state.stopping = True
         await self._update()
@@ -121,6 +127,17 @@ class RolloutController:
             "capacity": state.capacity(),
             "desired_workers": self._desired_workers,
         }
+
+
+class ControllerRefill:
+    """The SampleRefill protocol over the controller actor, handed to the learner."""
+
+    def __init__(self, handle: ray.actor.ActorHandle, timeout_s: float = 60.0) -> None:
+        self._handle = handle
+        self._timeout_s = timeout_s
+
+    def discard(self, count: int) -> None:
+        ray.get(self._handle.discard.remote(count), timeout=self._timeout_s)
 
 
 class ControllerGate:

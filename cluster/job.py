@@ -19,6 +19,7 @@ from tqdm import tqdm
 from relayrl.cluster.controller import (
     RAY_ADDRESS_FILE,
     ControllerGate,
+    ControllerRefill,
     RolloutController,
     controller_name,
 )
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 # How long a remote call that should be quick may take before the job reports it hung.
 CALL_TIMEOUT_S = 900.0
 SUPERVISE_EVERY_S = 2.0
-# Discards the controller refills; duplicates were never admitted, so they are not refilled.
-REFILLED_DISCARDS = ("discarded/stale", "filter/dropped_trajectories")
 
 
 class RunExistsError(JobConfigError):
@@ -167,10 +166,18 @@ class Job:
                 config.learner.num_ranks,
                 config.learner.zero_stage,
             )
+            controller = RolloutController.options(name=controller_name(config.name)).remote(
+                config.batch_size,
+                config.trainer.max_staleness,
+                desired_workers=config.rollout.num_workers,
+            )
+            # `relayrl scale` reads this to reach the controller of a running job.
+            (self.output_dir / RAY_ADDRESS_FILE).write_text(ray.get_runtime_context().gcs_address)
             learner = LearnerGroup(
                 learner_settings(config, model_path, self.output_dir),
                 buffer.with_consumer("learner-0"),
                 weights,
+                ControllerRefill(controller),
                 cpus_per_rank=config.learner.cpus_per_rank,
                 call_timeout_s=CALL_TIMEOUT_S,
             )
@@ -183,15 +190,8 @@ class Job:
             learner.publish()
             stats = buffer.stats()
             # Samples already in the stream count as admitted, so a resume never over-admits.
-            controller = RolloutController.options(name=controller_name(config.name)).remote(
-                config.batch_size,
-                config.trainer.max_staleness,
-                version=version,
-                accepted=version * config.batch_size + stats.pending + stats.undelivered,
-                desired_workers=config.rollout.num_workers,
-            )
-            # `relayrl scale` reads this to reach the controller of a running job.
-            (self.output_dir / RAY_ADDRESS_FILE).write_text(ray.get_runtime_context().gcs_address)
+            accepted = version * config.batch_size + stats.pending + stats.undelivered
+            ray.get(controller.restore.remote(version, accepted), timeout=CALL_TIMEOUT_S)
             fleet = RolloutFleet(
                 worker_settings_factory(config, model_path, step),
                 buffer,
@@ -246,9 +246,6 @@ class Job:
                 started = time.perf_counter()
                 metrics = self._train_step(learner, fleet, controller)
                 ray.get(controller.set_version.remote(metrics["version"]))
-                refill = int(sum(metrics.get(key, 0) for key in REFILLED_DISCARDS))
-                if refill:
-                    ray.get(controller.discard.remote(refill))
                 reports = fleet.reports_now(timeout_s=30.0)
                 stats = buffer.stats()
                 snapshot = ray.get(controller.snapshot.remote())

@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from relayrl.admission import SampleRefill
 from relayrl.buffer import TrajectoryConsumer
 from relayrl.learner.deepspeed_learner import DeepSpeedLearner, LearnerSettings
 from relayrl.weights import WeightPublisher
@@ -35,6 +36,7 @@ class LearnerGroup:
         settings: LearnerSettings,
         consumer: TrajectoryConsumer,
         publisher: WeightPublisher,
+        refill: SampleRefill,
         cpus_per_rank: float,
         call_timeout_s: float,
     ) -> None:
@@ -44,6 +46,7 @@ class LearnerGroup:
                 replace(settings, rank=rank),
                 consumer if rank == 0 else None,
                 publisher if rank == 0 else None,
+                refill if rank == 0 else None,
             )
             for rank in range(settings.world_size)
         ]

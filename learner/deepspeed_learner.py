@@ -8,7 +8,6 @@ acknowledges the entries the checkpointed steps used.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,21 +18,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from relayrl.admission import SampleRefill
 from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
-from relayrl.learner.algorithms.logprobs import token_entropy, token_logprobs
-from relayrl.learner.algorithms.types import AdvantageInputs, LossInputs
-from relayrl.learner.batching import pad_rows, plan_micro_batches
+from relayrl.learner.batching import pad_rows
+from relayrl.learner.engines import training_engine
 from relayrl.learner.full_state import full_state_dict
+from relayrl.learner.group_filter import DROPPED_METRIC, DROPPED_REASON, ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
+from relayrl.learner.micro_batches import rank_micro_batches
+from relayrl.learner.off_policy import OffPolicyCorrection
+from relayrl.learner.reference import ReferenceModel
+from relayrl.learner.rewards import advantage_inputs
+from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES, Scorer, score_batch
+from relayrl.learner.staleness import staleness_histogram
+from relayrl.learner.update import PolicyUpdate
+from relayrl.learner.value_model import ValueModel
 from relayrl.trajectory import Trajectory, decode, encode
 from relayrl.weights import WeightPublisher
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -64,31 +71,13 @@ class LearnerSettings:
     seed: int = 0
 
 
-def deepspeed_config(settings: LearnerSettings) -> dict[str, Any]:
-    return {
-        # Micro-batching and accumulation are ours (token-budget packing); DeepSpeed only
-        # needs consistent numbers here.
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": settings.world_size,
-        "gradient_clipping": settings.grad_clip,
-        "zero_optimization": {"stage": settings.zero_stage},
-        "bf16": {"enabled": settings.dtype == "bfloat16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 1 << 30,
-    }
-
-
-def _warmup(steps: int):
-    return lambda step: min(1.0, (step + 1) / steps) if steps else 1.0
-
-
 class DeepSpeedLearner:
     def __init__(
         self,
         settings: LearnerSettings,
         consumer: TrajectoryConsumer | None,
         publisher: WeightPublisher | None,
+        refill: SampleRefill | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         self.settings = settings
@@ -96,6 +85,12 @@ class DeepSpeedLearner:
         self.publisher = publisher
         self.version = 0
         self.step = 0
+        algorithm = settings.algorithm
+        group_filter = (
+            ZeroVarianceFilter(algorithm.dynamic_sampling, algorithm.overlong, settings.group_size)
+            if algorithm.dynamic_sampling is not None
+            else None
+        )
         self.intake = (
             BatchIntake(
                 consumer,
@@ -104,13 +99,20 @@ class DeepSpeedLearner:
                 settings.max_staleness,
                 settings.batch_timeout_s,
                 settings.read_block_ms,
+                group_filter,
+                refill,
             )
             if consumer is not None
             else None
         )
         self.engine: Any = None
-        self.estimator = build_advantage_estimator(settings.algorithm.advantage)
-        self.objective = build_objective(settings.algorithm)
+        self.estimator = build_advantage_estimator(algorithm.advantage)
+        self.objective = build_objective(algorithm)
+        self.off_policy = OffPolicyCorrection(algorithm.off_policy)
+        # Built in setup(), only when the algorithm uses them.
+        self.reference: ReferenceModel | None = None
+        self.value_model: ValueModel | None = None
+        self.update: PolicyUpdate | None = None
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group and build the engine; every rank calls this concurrently."""
@@ -133,19 +135,17 @@ class DeepSpeedLearner:
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(s.warmup_steps))
-        self.engine, *_ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=deepspeed_config(s),
-        )
+        self.engine = training_engine(model, s, s.lr)
+        if s.algorithm.kl is not None:
+            self.reference = ReferenceModel.build(s)
+        if s.algorithm.critic is not None:
+            self.value_model = ValueModel.build(s, s.algorithm.critic)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0
         if isinstance(self.pad_id, list):
             self.pad_id = self.pad_id[0]
+        self.update = PolicyUpdate(
+            s, self.engine, self.objective, self.off_policy, self.value_model, self.pad_id
+        )
         return {"rank": s.rank, "parameters": sum(p.numel() for p in model.parameters())}
 
     # ---- data -------------------------------------------------------------------------
@@ -160,75 +160,40 @@ class DeepSpeedLearner:
 
     # ---- training -----------------------------------------------------------------------
 
-    def _my_rows(self, count: int) -> slice:
-        s = self.settings
-        per_rank = math.ceil(count / s.world_size)
-        return slice(min(s.rank * per_rank, count), min((s.rank + 1) * per_rank, count))
+    def _scorers(self) -> dict[str, Scorer]:
+        """The no-grad passes this algorithm needs before the update."""
+        assert self.update is not None
+        scorers: dict[str, Scorer] = {}
+        if self.off_policy.needs_proximal:
+            scorers[PROXIMAL] = self.update.policy_logprobs
+        if self.reference is not None:
+            scorers[REFERENCE] = self.reference.logprobs
+        if self.value_model is not None:
+            scorers[VALUES] = self.value_model.values
+        return scorers
 
     def train_step(self) -> dict[str, Any]:
         s = self.settings
+        assert self.update is not None, "setup() builds the engines first"
         started = time.perf_counter()
         trajectories, entries = self._shared_batch()
         waited = time.perf_counter() - started
 
+        plan = rank_micro_batches(trajectories, s.rank, s.world_size, s.micro_batch_tokens)
+        scores = score_batch(trajectories, plan, self.pad_id, self._scorers())
         full = pad_rows(trajectories, slice(None), self.pad_id)
-        rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
-        group_index = {g: i for i, g in enumerate(dict.fromkeys(t.group_id for t in trajectories))}
-        group_ids = torch.tensor([group_index[t.group_id] for t in trajectories])
-        advantages = self.estimator(
-            AdvantageInputs(rewards=rewards, group_ids=group_ids, loss_mask=full.loss_mask)
-        ).advantages
-        normalizer = self.objective.aggregation.normalizer(full.loss_mask)
-
-        mine = self._my_rows(len(trajectories))
-        lengths = [len(t.tokens) for t in trajectories[mine]]
-        plans = [
-            slice(mine.start + p.start, mine.start + p.stop)
-            for p in plan_micro_batches(lengths, s.micro_batch_tokens)
-        ]
-        self.engine.train()
-        sums: dict[str, float] = {}
-        weight_total = 0.0
-        loss_total = 0.0
-        for index, rows in enumerate(plans):
-            micro = pad_rows(trajectories, rows, self.pad_id)
-            width = micro.input_ids.shape[1]
-            self.engine.set_gradient_accumulation_boundary(index == len(plans) - 1)
-            logits = self.engine(
-                input_ids=micro.input_ids, attention_mask=micro.attention_mask
-            ).logits
-            inputs = LossInputs(
-                logprobs=token_logprobs(logits, micro.input_ids, s.temperature),
-                loss_mask=micro.loss_mask,
-                old_logprobs=micro.old_logprobs,
-                advantages=advantages[rows, :width],
-                entropy=token_entropy(logits, s.temperature) if self._needs_entropy else None,
-            )
-            out = self.objective(inputs, normalizer)
-            # DeepSpeed averages gradients over ranks; the normalizer already spans them all.
-            self.engine.backward(out.loss * s.world_size, scale_wrt_gas=False)
-            loss_total += float(out.loss.detach())
-            tokens = float(micro.loss_mask.sum())
-            weight_total += tokens
-            for key, value in out.metrics.items():
-                sums[key] = sums.get(key, 0.0) + value * tokens
-        if not plans:
-            self.engine.set_gradient_accumulation_boundary(True)
-        self.engine.step()
-        trained = time.perf_counter() - started - waited
-
+        estimate = self.estimator(advantage_inputs(trajectories, full, scores, s.algorithm))
         metrics = self._batch_metrics(trajectories)
-        metrics.update({f"loss/{k}": v / max(weight_total, 1.0) for k, v in sums.items()})
-        metrics["loss/total"] = self._sum_over_ranks(loss_total)
-        grad_norm = self.engine.get_global_grad_norm()
-        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        metrics["lr"] = float(self.engine.get_lr()[0])
+        metrics.update(staleness_histogram(trajectories, self.version))
+        metrics.update(self.update.run(trajectories, plan, full, scores, estimate))
+        trained = time.perf_counter() - started - waited
         self.version += 1
         self.step += 1
         if self.intake is not None:
             discarded = self.intake.record_step(self.step, entries)
             metrics.update({f"discarded/{reason}": n for reason, n in discarded.items()})
             metrics["discarded/total"] = sum(discarded.values())
+            metrics[DROPPED_METRIC] = discarded.get(DROPPED_REASON, 0)
         publish_started = time.perf_counter()
         self.publish()
         metrics.update(
@@ -241,17 +206,6 @@ class DeepSpeedLearner:
             }
         )
         return metrics
-
-    @property
-    def _needs_entropy(self) -> bool:
-        return self.settings.algorithm.entropy is not None
-
-    def _sum_over_ranks(self, value: float) -> float:
-        if self.settings.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor)
-        return float(tensor.item())
 
     def _batch_metrics(self, trajectories: list[Trajectory]) -> dict[str, Any]:
         rewards = np.array([t.reward for t in trajectories])
@@ -301,6 +255,8 @@ class DeepSpeedLearner:
             self.engine.module.save_pretrained(folder / "hf", state_dict=state)
             AutoTokenizer.from_pretrained(s.model_path).save_pretrained(folder / "hf")
         self.engine.save_checkpoint(str(folder / "deepspeed"), tag="engine")
+        if self.value_model is not None:
+            self.value_model.save_state(folder)
         if s.rank == 0:
             checkpoint.write_state(folder, {"step": self.step, "version": self.version})
             # Ledger first, then `latest`, then acks: a crash between any two of them
@@ -320,6 +276,8 @@ class DeepSpeedLearner:
         path = Path(folder)
         state = checkpoint.read_state(path)
         self.engine.load_checkpoint(str(path / "deepspeed"), tag="engine")
+        if self.value_model is not None:
+            self.value_model.load_state(path)
         self.step = int(state["step"])
         self.version = int(state["version"])
         if self.intake is not None:

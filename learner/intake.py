@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relayrl.admission import SampleRefill
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.learner import checkpoint
 from relayrl.learner.batching import GroupAssembler
+from relayrl.learner.group_filter import DROPPED_REASON, ZeroVarianceFilter
 
 
 class BatchTimeoutError(RuntimeError):
@@ -48,6 +50,8 @@ class BatchIntake:
         max_staleness: int | None,
         batch_timeout_s: float,
         read_block_ms: int,
+        group_filter: ZeroVarianceFilter | None = None,
+        refill: SampleRefill | None = None,
     ) -> None:
         self.consumer = consumer
         self.group_size = group_size
@@ -55,6 +59,8 @@ class BatchIntake:
         self.max_staleness = max_staleness
         self.batch_timeout_s = batch_timeout_s
         self.read_block_ms = read_block_ms
+        self.group_filter = group_filter
+        self.refill = refill
         self.assembler = GroupAssembler(group_size)
         self.seen_ids: set[str] = set()  # trained or discarded, committed or not
         self.uncommitted: list[StepRecord] = []
@@ -86,17 +92,25 @@ class BatchIntake:
                     raise BatchTimeoutError(
                         f"no complete batch after {self.batch_timeout_s:.0f}s: "
                         f"{self.assembler.held()} trajectories held, "
-                        f"{self.assembler.complete_groups()} complete groups of {self.group_size}"
+                        f"{self.assembler.complete_groups()} complete groups of {self.group_size}, "
+                        f"{len(self._discards)} discarded since the last step"
                     )
                 self._admit(
                     self.consumer.read(self.prompts_per_step * self.group_size, self.read_block_ms)
                 )
                 continue
             if self._too_stale(group, version):
-                self._discards.extend((entry, "stale") for entry in group)
+                self._drop(group, "stale")
+            elif self.group_filter is not None and not self.group_filter.keeps(group):
+                self._drop(group, DROPPED_REASON)
             else:
                 batch.extend(group)
         return batch
+
+    def _drop(self, group: list[BufferEntry], reason: str) -> None:
+        self._discards.extend((entry, reason) for entry in group)
+        if self.refill is not None:
+            self.refill.discard(len(group))
 
     def record_step(self, step: int, trained: list[BufferEntry]) -> dict[str, int]:
         """Book a finished step; returns discard counts by reason (for metrics and refill)."""

@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Protocol
 
 
+class SampleRefill(Protocol):
+    def discard(self, count: int) -> None:
+        """`count` admitted samples will never be trained (too stale, or filtered out):
+        admit as many new ones, at once, so the step that is waiting for them can finish."""
+        ...
+
+
 class AdmissionGate(Protocol):
     async def acquire(self, worker_id: str, count: int) -> int | None:
         """Wait until `count` samples may start; returns the current policy version, or None

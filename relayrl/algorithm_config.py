@@ -267,6 +267,7 @@ class AlgorithmConfig(_Strict):
     @model_validator(mode="after")
     def _off_policy_needs_a_behaviour_policy(self) -> AlgorithmConfig:
         if self.off_policy is not None and self.loss.name == "sft":
-            raise ValueError("off_policy does not apply to loss 'sft': demonstrations have no "
-                             "behaviour policy")
+            raise ValueError(
+                "off_policy does not apply to loss 'sft': demonstrations have no behaviour policy"
+            )
         return self

@@ -8,6 +8,7 @@ from relayrl.learner.algorithms.build import (
     build_objective,
 )
 from relayrl.learner.algorithms.filters import dynamic_sampling_keep_mask
+from relayrl.learner.algorithms.importance import ImportanceWeights, importance_weights
 from relayrl.learner.algorithms.kl import kl_divergence, kl_penalty_rewards
 from relayrl.learner.algorithms.logprobs import token_entropy, token_logprobs
 from relayrl.learner.algorithms.overlong import overlong_penalty
@@ -26,6 +27,7 @@ __all__ = [
     "AdvantageInputs",
     "AdvantageOutput",
     "Aggregation",
+    "ImportanceWeights",
     "LossInputs",
     "LossOutput",
     "PolicyLoss",
@@ -34,6 +36,7 @@ __all__ = [
     "build_loss",
     "build_objective",
     "dynamic_sampling_keep_mask",
+    "importance_weights",
     "kl_divergence",
     "kl_penalty_rewards",
     "overlong_penalty",

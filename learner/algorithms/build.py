@@ -79,7 +79,7 @@ def build_loss(config: LossConfig) -> PolicyLoss:
 
 
 def build_critic_loss(config: CriticConfig) -> ValueLoss:
-    return ValueLoss(**config.model_dump())
+    return ValueLoss(**config.model_dump(exclude={"lr"}))
 
 
 def build_objective(config: AlgorithmConfig) -> PolicyLoss:

@@ -6,6 +6,7 @@ import torch
 
 from relayrl.algorithm_config import AggregationMode
 from relayrl.learner.algorithms.aggregation import Aggregation
+from relayrl.learner.algorithms.importance import importance_weighted
 from relayrl.learner.algorithms.masked import masked_max, masked_mean, scalar_metrics, zero_off_mask
 from relayrl.learner.algorithms.ppo import MAX_LOG_RATIO, clipped_surrogate
 from relayrl.learner.algorithms.registry import register_loss
@@ -42,6 +43,7 @@ class GSPOLoss:
         token_log_ratio = sequence_log_ratio.detach()[:, None] + own_gradient
         ratio = torch.exp(token_log_ratio.clamp(max=MAX_LOG_RATIO))
         per_token, clip_active = clipped_surrogate(ratio, advantages, self.eps_low, self.eps_high)
+        per_token = importance_weighted(per_token, inputs.importance_weights)
         with torch.no_grad():
             metrics = {
                 "clip_fraction": masked_mean(clip_active.float(), mask),

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from relayrl.algorithm_config import AggregationMode
 from relayrl.learner.algorithms.aggregation import Aggregation
+from relayrl.learner.algorithms.importance import importance_weighted
 from relayrl.learner.algorithms.masked import masked_max, masked_mean, scalar_metrics, zero_off_mask
 from relayrl.learner.algorithms.registry import register_loss
 from relayrl.learner.algorithms.types import LossInputs, LossOutput
@@ -55,6 +56,7 @@ class PPOClipLoss:
             dual_active = (advantages < 0) & (per_token > dual_bound)
             per_token = torch.where(dual_active, dual_bound, per_token)
             metrics["dual_clip_fraction"] = masked_mean(dual_active.float(), mask)
+        per_token = importance_weighted(per_token, inputs.importance_weights)
         with torch.no_grad():
             metrics |= {
                 "clip_fraction": masked_mean(clip_active.float(), mask),

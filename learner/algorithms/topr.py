@@ -6,6 +6,7 @@ import torch
 
 from relayrl.algorithm_config import AggregationMode
 from relayrl.learner.algorithms.aggregation import Aggregation
+from relayrl.learner.algorithms.importance import importance_weighted
 from relayrl.learner.algorithms.masked import masked_mean, scalar_metrics, zero_off_mask
 from relayrl.learner.algorithms.registry import register_loss
 from relayrl.learner.algorithms.types import LossInputs, LossOutput
@@ -34,7 +35,7 @@ class TOPRLoss:
             truncated_ratio = torch.exp((log_ratio * mask).sum(dim=-1).clamp(max=0.0))
             negative = advantages < 0
             weight = torch.where(negative, truncated_ratio[:, None], torch.ones_like(advantages))
-        per_token = -weight * advantages * logprobs
+        per_token = importance_weighted(-weight * advantages * logprobs, inputs.importance_weights)
         with torch.no_grad():
             negative_tokens = negative.float() * mask
             metrics = {

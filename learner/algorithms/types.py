@@ -43,6 +43,9 @@ class LossInputs:
     values: Tensor | None = None  # [B, T] critic values being trained
     old_values: Tensor | None = None  # [B, T] critic values when the batch was scored
     returns: Tensor | None = None  # [B, T] value targets
+    # [B, T] detached behaviour importance weights multiplying each token's policy loss
+    # (off-policy corrections, see importance.py); a custom loss should apply them too.
+    importance_weights: Tensor | None = None
 
     def require(self, name: str) -> Tensor:
         """The named input, or an error naming it if the caller left it out."""

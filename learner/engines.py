@@ -1,0 +1,83 @@
+"""DeepSpeed engines of the learner: the policy and the critic train, the reference only infers.
+
+All of them share the ZeRO stage and dtype of the job, so under ZeRO-3 every model is sharded
+over the ranks, not only the policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from relayrl.learner.deepspeed_learner import LearnerSettings
+
+
+def _common_config(settings: LearnerSettings, zero_stage: int) -> dict[str, Any]:
+    return {
+        # Micro-batching and accumulation are ours (token-budget packing); DeepSpeed only
+        # needs consistent numbers here.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": settings.world_size,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": settings.dtype == "bfloat16"},
+        "steps_per_print": 1 << 30,
+    }
+
+
+def training_config(settings: LearnerSettings) -> dict[str, Any]:
+    return _common_config(settings, settings.zero_stage) | {
+        "gradient_clipping": settings.grad_clip,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def inference_config(settings: LearnerSettings) -> dict[str, Any]:
+    # Below ZeRO-3 there is nothing to shard without an optimizer: every rank keeps a copy.
+    return _common_config(settings, 3 if settings.zero_stage == 3 else 0)
+
+
+def warmup_schedule(steps: int) -> Callable[[int], float]:
+    """Linear warm-up of the learning rate over `steps` optimizer steps, then constant."""
+    return lambda step: min(1.0, (step + 1) / steps) if steps else 1.0
+
+
+def training_engine(model: nn.Module, settings: LearnerSettings, lr: float) -> Any:
+    """AdamW with the warm-up schedule, gradient clipping and the job's ZeRO stage."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=settings.betas, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(settings.warmup_steps))
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=training_config(settings)
+    )
+    return engine
+
+
+def inference_engine(model: nn.Module, settings: LearnerSettings) -> Any:
+    """A frozen model in eval mode, sharded like the policy under ZeRO-3."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=inference_config(settings))
+    engine.eval()
+    return engine
+
+
+def step_and_grad_norm(engine: Any) -> float:
+    """engine.step(); returns the gradient norm before clipping. ZeRO-0 in fp32 clips without
+    keeping the norm, so there it is measured first (gradients are already averaged)."""
+    measured = float("nan")
+    if engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled():
+        norms = [p.grad.norm() for p in engine.module.parameters() if p.grad is not None]
+        if norms:
+            measured = float(torch.stack(norms).norm())
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else measured

@@ -1,0 +1,129 @@
+"""One optimizer step of the policy, and of the critic when there is one, over this rank's
+micro-batches of a scored batch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from relayrl.learner.algorithms.logprobs import token_entropy, token_logprobs
+from relayrl.learner.algorithms.types import AdvantageOutput, LossInputs, LossOutput, PolicyLoss
+from relayrl.learner.batching import PaddedBatch
+from relayrl.learner.engines import step_and_grad_norm
+from relayrl.learner.micro_batches import MicroBatch, micro_batch_tensors
+from relayrl.learner.off_policy import OffPolicyCorrection
+from relayrl.learner.rank_sync import WeightedMeans, sum_over_ranks
+from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES
+from relayrl.learner.value_model import ValueModel
+from relayrl.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from relayrl.learner.deepspeed_learner import LearnerSettings
+
+
+def _rows(scores: dict[str, Tensor], name: str, rows: slice, width: int) -> Tensor | None:
+    return scores[name][rows, :width] if name in scores else None
+
+
+class PolicyUpdate:
+    def __init__(
+        self,
+        settings: LearnerSettings,
+        engine: Any,
+        objective: PolicyLoss,
+        off_policy: OffPolicyCorrection,
+        value_model: ValueModel | None,
+        pad_id: int,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.objective = objective
+        self.off_policy = off_policy
+        self.value_model = value_model
+        self.pad_id = pad_id
+
+    @torch.no_grad()
+    def policy_logprobs(self, batch: PaddedBatch) -> Tensor:
+        """The policy's log-probs before the update: the proximal policy of decoupled PPO."""
+        self.engine.eval()
+        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return token_logprobs(logits, batch.input_ids, self.settings.temperature)
+
+    def run(
+        self,
+        trajectories: list[Trajectory],
+        plan: list[MicroBatch],
+        batch: PaddedBatch,
+        scores: dict[str, Tensor],
+        estimate: AdvantageOutput,
+    ) -> dict[str, float]:
+        """Every rank calls this together with its own plan (all plans have equal length)."""
+        normalizer = self.objective.aggregation.normalizer(batch.loss_mask)
+        critic = self.value_model
+        critic_normalizer = critic.loss.aggregation.normalizer(batch.loss_mask) if critic else 0.0
+        loss_means, critic_means = WeightedMeans(), WeightedMeans()
+        loss_total = torch.zeros(1, dtype=torch.float64)
+        self.engine.train()
+        for index, micro in enumerate(plan):
+            tensors = micro_batch_tensors(trajectories, micro, self.pad_id)
+            boundary = index == len(plan) - 1
+            out = self._policy_pass(tensors, micro.rows, scores, estimate, normalizer, boundary)
+            tokens = float(tensors.loss_mask.sum())
+            loss_total += float(out.loss.detach())
+            loss_means.add(out.metrics, tokens)
+            if critic is not None:
+                width = tensors.input_ids.shape[1]
+                assert estimate.returns is not None, "the critic needs returns from GAE"
+                critic_out = critic.train_micro_batch(
+                    tensors,
+                    scores[VALUES][micro.rows, :width],
+                    estimate.returns[micro.rows, :width],
+                    critic_normalizer,
+                    boundary,
+                )
+                critic_means.add(critic_out.metrics, tokens)
+        # The rate this step trained with: the scheduler moves on inside step().
+        metrics = {"lr": float(self.engine.get_lr()[0])}
+        metrics["grad_norm"] = step_and_grad_norm(self.engine)
+        metrics["loss/total"] = float(sum_over_ranks(loss_total).item())
+        metrics.update({f"loss/{k}": v for k, v in loss_means.reduce().items()})
+        metrics.update(self.off_policy.metrics())
+        if critic is not None:
+            metrics["critic/grad_norm"] = critic.step()
+            metrics.update({f"critic/{k}": v for k, v in critic_means.reduce().items()})
+        return metrics
+
+    def _policy_pass(
+        self,
+        tensors: PaddedBatch,
+        rows: slice,
+        scores: dict[str, Tensor],
+        estimate: AdvantageOutput,
+        normalizer: float,
+        boundary: bool,
+    ) -> LossOutput:
+        s = self.settings
+        width = tensors.input_ids.shape[1]
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        logits = self.engine(
+            input_ids=tensors.input_ids, attention_mask=tensors.attention_mask
+        ).logits
+        logprobs = token_logprobs(logits, tensors.input_ids, s.temperature)
+        old_logprobs, weights = self.off_policy.ratio_inputs(
+            logprobs, tensors, _rows(scores, PROXIMAL, rows, width)
+        )
+        inputs = LossInputs(
+            logprobs=logprobs,
+            loss_mask=tensors.loss_mask,
+            old_logprobs=old_logprobs,
+            advantages=estimate.advantages[rows, :width],
+            ref_logprobs=_rows(scores, REFERENCE, rows, width),
+            entropy=token_entropy(logits, s.temperature) if s.algorithm.entropy else None,
+            importance_weights=weights,
+        )
+        out = self.objective(inputs, normalizer)
+        # DeepSpeed averages gradients over ranks; the normalizer already spans them all.
+        self.engine.backward(out.loss * s.world_size, scale_wrt_gas=False)
+        return out
