@@ -1,35 +1,87 @@
-"""Turn a prompt and the engine's completions into token-faithful Trajectory records."""
+"""One episode's token record as it grows turn by turn, and the Trajectory it becomes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from relayrl.actors.engine import Completion
+from relayrl.envs.base import StepResult
 from relayrl.trajectory import NO_VERSION, Trajectory, Turn
 
 
-def single_turn_trajectory(
-    prompt_ids: list[int],
-    completion: Completion,
-    group_id: str,
-    reward: float,
-    reward_channels: dict[str, float],
-    task_record: dict,
-    timings: dict[str, float],
-) -> Trajectory:
-    prompt_len = len(prompt_ids)
-    sampled = len(completion.token_ids)
-    return Trajectory(
-        group_id=group_id,
-        tokens=np.asarray(prompt_ids + completion.token_ids, dtype=np.int32),
-        prompt_len=prompt_len,
-        loss_mask=np.concatenate([np.zeros(prompt_len), np.ones(sampled)]).astype(np.uint8),
-        logprobs=np.concatenate([np.zeros(prompt_len), completion.logprobs]).astype(np.float32),
-        versions=np.asarray([NO_VERSION] * prompt_len + completion.versions, dtype=np.int32),
-        reward=reward,
-        reward_channels=reward_channels,
-        task=task_record,
-        turns=[Turn(start=prompt_len, end=prompt_len + sampled, reward=reward)],
-        finish_reason=completion.finish_reason,
-        timings=timings,
-    )
+class EpisodeBuilder:
+    """Prompt ids, then each turn's sampled ids (loss mask 1, with their log-probs and
+    versions) and each observation's ids (loss mask 0, log-prob 0, version -1)."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        self.prompt_len = len(prompt_ids)
+        self.tokens = list(prompt_ids)
+        self.loss_mask = [0] * self.prompt_len
+        self.logprobs = [0.0] * self.prompt_len
+        self.versions = [NO_VERSION] * self.prompt_len
+        self.turns: list[Turn] = []
+        self.reward = 0.0
+        self.reward_channels: dict[str, float] = {}
+        self.void_turns = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add_sampled(self, completion: Completion) -> tuple[int, int]:
+        start = len(self.tokens)
+        self.tokens += completion.token_ids
+        self.loss_mask += [1] * len(completion.token_ids)
+        self.logprobs += completion.logprobs
+        self.versions += completion.versions
+        return start, len(self.tokens)
+
+    def add_observation(self, token_ids: list[int]) -> None:
+        self.tokens += token_ids
+        self.loss_mask += [0] * len(token_ids)
+        self.logprobs += [0.0] * len(token_ids)
+        self.versions += [NO_VERSION] * len(token_ids)
+
+    def record_turn(self, span: tuple[int, int], result: StepResult, duration_s: float) -> None:
+        self.turns.append(
+            Turn(
+                start=span[0],
+                end=span[1],
+                tool=result.tool,
+                tool_status=result.tool_status,
+                duration_s=duration_s,
+                reward=result.reward,
+            )
+        )
+        # The episode's reward and channels are the sums over its steps.
+        self.reward += result.reward
+        for name, value in result.reward_channels.items():
+            self.reward_channels[name] = self.reward_channels.get(name, 0.0) + value
+        self.void_turns += int(result.void)
+
+    def to_trajectory(
+        self,
+        group_id: str,
+        task_record: dict[str, Any],
+        finish_reason: str,
+        timings: dict[str, float],
+        train: bool = True,
+    ) -> Trajectory:
+        """`train=False` keeps the episode in its group (for the baseline) but masks every
+        token from the loss."""
+        loss_mask = np.asarray(self.loss_mask, dtype=np.uint8)
+        return Trajectory(
+            group_id=group_id,
+            tokens=np.asarray(self.tokens, dtype=np.int32),
+            prompt_len=self.prompt_len,
+            loss_mask=loss_mask if train else np.zeros_like(loss_mask),
+            logprobs=np.asarray(self.logprobs, dtype=np.float32),
+            versions=np.asarray(self.versions, dtype=np.int32),
+            reward=self.reward,
+            reward_channels=dict(self.reward_channels),
+            task=task_record,
+            turns=list(self.turns),
+            finish_reason=finish_reason,
+            timings=timings,
+        )

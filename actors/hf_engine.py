@@ -6,11 +6,13 @@ import asyncio
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteriaList
 
-from relayrl.actors.engine import Completion, SamplingSettings
+from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
+from relayrl.actors.stop_strings import StopOnStrings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -25,15 +27,22 @@ class TransformersSettings:
 
 class TransformersEngine:
     """Samples with temperature and top-p only, so the learner can recompute the same
-    processed log-probs from logits / temperature (top-k and penalties stay off)."""
+    processed log-probs from logits / temperature (top-k and penalties stay off).
+    Stop strings need the `tokenizer`."""
 
-    def __init__(self, settings: TransformersSettings, eos_token_ids: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        settings: TransformersSettings,
+        eos_token_ids: tuple[int, ...],
+        tokenizer: Any = None,
+    ) -> None:
         torch.set_num_threads(settings.torch_threads)
         self._model = AutoModelForCausalLM.from_pretrained(
             settings.model_path, dtype=_DTYPES[settings.dtype]
         )
         self._model.eval()
         self._eos = eos_token_ids
+        self._tokenizer = tokenizer
         self._version = 0
         self._generator_seed = settings.seed
         # Generation and weight loading must not interleave on the same module.
@@ -63,6 +72,15 @@ class TransformersEngine:
         config = self._generation_config(settings)
         stop = set(config.eos_token_id)
         inputs = torch.tensor([prompt_ids] * n, dtype=torch.long)
+        criteria = StoppingCriteriaList()
+        stop_strings = None
+        if settings.stop_strings:
+            if self._tokenizer is None:
+                raise ValueError("stop strings need the engine to be given the tokenizer")
+            stop_strings = StopOnStrings(
+                self._tokenizer, settings.stop_strings, len(prompt_ids), rows=n
+            )
+            criteria.append(stop_strings)
         with self._lock, torch.inference_mode():
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
@@ -71,6 +89,7 @@ class TransformersEngine:
                 input_ids=inputs,
                 attention_mask=torch.ones_like(inputs),
                 generation_config=config,
+                stopping_criteria=criteria,
             )
         new_tokens = out.sequences[:, len(prompt_ids) :]
         # scores are the processed logits (after temperature and top-p) of every step.
@@ -79,8 +98,11 @@ class TransformersEngine:
         completions = []
         for row in range(n):
             tokens = new_tokens[row].tolist()
-            length = next((i + 1 for i, tok in enumerate(tokens) if tok in stop), len(tokens))
-            finish = "stop" if tokens[length - 1] in stop else "length"
+            ends = [i + 1 for i, tok in enumerate(tokens) if tok in stop][:1]
+            if stop_strings is not None and stop_strings.stopped_at[row] is not None:
+                ends.append(stop_strings.stopped_at[row])
+            length = min(ends, default=len(tokens))
+            finish: FinishReason = "stop" if ends else "length"
             completions.append(
                 Completion(
                     token_ids=tokens[:length],

@@ -13,12 +13,13 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from relayrl.actors.agent_loop import AgentLoop, AgentSettings, EpisodeOutcome
 from relayrl.actors.engine import Engine, SamplingSettings
-from relayrl.actors.episode import single_turn_trajectory
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.envs.registry import resolve_env
+from relayrl.trajectory import Trajectory
 from relayrl.weights import WeightSubscriber
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class WorkerSettings:
     sampling: SamplingSettings
     env_name: str
     env_params: dict[str, Any] = field(default_factory=dict)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     seed: int = 0
 
 
@@ -43,16 +45,15 @@ class WorkerStats:
     groups: int = 0
     trajectories: int = 0
     sampled_tokens: int = 0
-    generate_s: float = 0.0
+    turns: int = 0
+    tool_calls: int = 0
+    tool_failures: int = 0  # calls that did not end "ok"
+    void_turns: int = 0
+    dropped_void_trajectories: int = 0
+    generate_s: float = 0.0  # wall time of the groups' episodes, generation and env steps
     weight_sync_s: float = 0.0
     weight_syncs: int = 0
     idle_s: float = 0.0
-
-
-def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
-    return [int(token) for token in ids]
 
 
 def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
@@ -64,6 +65,7 @@ def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
             settings.model_path, settings.dtype, settings.torch_threads, settings.seed
         ),
         eos_token_ids=eos,
+        tokenizer=tokenizer,
     )
 
 
@@ -86,6 +88,15 @@ class RolloutWorker:
         self.env_params = spec.params_model.model_validate(settings.env_params)
         self.env_spec = spec
         self.tasks = spec.make_tasks(self.env_params)
+        # Building one environment now surfaces host problems (e.g. no sandbox) at start-up.
+        spec.make_env(self.env_params)
+        self.agent = AgentLoop(
+            self.engine,
+            self.tokenizer,
+            settings.sampling,
+            settings.agent,
+            stop_strings=spec.stop_strings(self.env_params),
+        )
         self.rng = random.Random(f"{settings.seed}-{settings.worker_id}")
         self.stats = WorkerStats()
 
@@ -100,36 +111,29 @@ class RolloutWorker:
             self.stats.weight_sync_s += time.perf_counter() - started
         return self.engine.version
 
-    async def _sample_group(self) -> list:
-        settings = self.settings
+    async def _sample_group(self) -> list[Trajectory]:
         task = self.tasks.sample(self.rng)
-        prompt_ids = prompt_token_ids(self.tokenizer, task.messages)
+        envs = [self.env_spec.make_env(self.env_params) for _ in range(self.settings.group_size)]
         started = time.perf_counter()
-        completions = await self.engine.generate(prompt_ids, settings.sampling, settings.group_size)
-        generate_s = time.perf_counter() - started
-        self.stats.generate_s += generate_s
+        try:
+            outcomes = await self.agent.run_group(task, envs)
+        finally:
+            await asyncio.gather(*(env.close() for env in envs))
+        self.stats.generate_s += time.perf_counter() - started
         group_id = uuid.uuid4().hex
-        trajectories = []
-        for completion in completions:
-            env = self.env_spec.make_env(self.env_params)
-            await env.reset(task)
-            text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-            env_started = time.perf_counter()
-            result = await env.step(text)
-            await env.close()
-            trajectories.append(
-                single_turn_trajectory(
-                    prompt_ids,
-                    completion,
-                    group_id,
-                    result.reward,
-                    result.reward_channels,
-                    task.to_record(),
-                    {"generate_s": generate_s, "env_s": time.perf_counter() - env_started},
-                )
-            )
-            self.stats.sampled_tokens += len(completion.token_ids)
-        return trajectories
+        for outcome in outcomes:
+            self._count(outcome)
+        return [outcome.to_trajectory(group_id, task.to_record()) for outcome in outcomes]
+
+    def _count(self, outcome: EpisodeOutcome) -> None:
+        stats = self.stats
+        episode = outcome.episode
+        stats.sampled_tokens += sum(episode.loss_mask)
+        stats.turns += len(episode.turns)
+        stats.tool_calls += sum(turn.tool_status is not None for turn in episode.turns)
+        stats.tool_failures += sum(turn.tool_status not in (None, "ok") for turn in episode.turns)
+        stats.void_turns += episode.void_turns
+        stats.dropped_void_trajectories += int(outcome.dropped)
 
     async def run(self) -> dict[str, Any]:
         """Generate groups until the controller says the job is stopping."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from relayrl.actors.agent_loop import AgentSettings
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.rollout_worker import WorkerSettings
 from relayrl.config import JobConfig
@@ -62,6 +63,7 @@ def worker_settings_factory(
             ),
             env_name=config.env.name,
             env_params=dict(config.env.params),
+            agent=AgentSettings(**config.rollout.agent.model_dump()),
             seed=seed,
         )
 

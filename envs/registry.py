@@ -7,10 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from relayrl.envs.base import EnvSpec
+from relayrl.envs.base import EnvSpec, spec_from_class
 
 _REGISTRY: dict[str, EnvSpec] = {}
-_BUILTIN_MODULES = ("relayrl.envs.arithmetic",)
+_BUILTIN_MODULES = (
+    "relayrl.envs.arithmetic",
+    "relayrl.envs.countdown",
+    "relayrl.envs.math_feedback",
+    "relayrl.envs.math_python",
+    "relayrl.envs.text_to_sql",
+)
 
 
 class EnvConfigError(ValueError):
@@ -36,9 +42,16 @@ def resolve_env(name: str) -> EnvSpec:
             target = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as exc:
             raise EnvConfigError(f"env.name {name!r}: cannot import it ({exc})") from exc
-        if not isinstance(target, EnvSpec):
-            raise EnvConfigError(f"env.name {name!r} is a {type(target).__name__}, not an EnvSpec")
-        return target
+        if isinstance(target, EnvSpec):
+            return target
+        if isinstance(target, type):
+            try:
+                return spec_from_class(target)
+            except TypeError as exc:
+                raise EnvConfigError(f"env.name {name!r}: {exc}") from exc
+        raise EnvConfigError(
+            f"env.name {name!r} is a {type(target).__name__}, not an EnvSpec or an Env class"
+        )
     _load_builtins()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))

@@ -42,7 +42,6 @@ from relayrl.weights import WeightPublisher
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class LearnerSettings:
     rank: int
@@ -211,6 +210,8 @@ class DeepSpeedLearner:
         rewards = np.array([t.reward for t in trajectories])
         lengths = np.array([t.num_sampled_tokens for t in trajectories])
         sampled_versions = np.concatenate([t.sampled_versions() for t in trajectories])
+        if sampled_versions.size == 0:  # every token masked (void episodes): nothing is stale
+            sampled_versions = np.array([self.version])
         staleness = self.version - sampled_versions
         metrics: dict[str, Any] = {
             "reward/mean": float(rewards.mean()),

@@ -25,11 +25,25 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
 
 
+class AgentConfig(Section):
+    """The multi-turn agent loop; single-turn environments end after their first step."""
+
+    max_turns: int = Field(4, ge=1)
+    # Prompt, turns and observations together; no turn may take an episode past it.
+    max_total_tokens: int = Field(2048, ge=2)
+    # SimpleTIR: an episode with a turn that neither calls a tool nor answers is masked
+    # from the loss (it stays in its group, so group baselines still see it).
+    drop_void_trajectories: bool = False
+    # The chat role that carries environment messages (tool results, feedback).
+    observation_role: Literal["user", "tool"] = "user"
+
+
 class RolloutConfig(Section):
     engine: Literal["transformers", "vllm"] = "transformers"
     num_workers: int = Field(2, ge=1)
     group_size: int = Field(8, ge=1)
     sampling: SamplingConfig = SamplingConfig()
+    agent: AgentConfig = AgentConfig()
     cpus_per_worker: float = Field(0.5, gt=0)
     torch_threads: int = Field(1, ge=1)
     # Restarts Ray grants a crashed worker before the job reports it dead.

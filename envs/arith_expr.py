@@ -1,0 +1,70 @@
+"""Exact evaluation of arithmetic expressions (+ - * / and parentheses) without eval()."""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable
+from fractions import Fraction
+
+MAX_EXPRESSION_CHARS = 200
+
+_BINARY: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+
+class ExpressionError(ValueError):
+    """Not an arithmetic expression we evaluate; the message says why."""
+
+
+def parse_expression(text: str) -> ast.expr:
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        return ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ExpressionError(f"not an arithmetic expression: {exc.msg}") from None
+
+
+def _is_number(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _number(node: ast.Constant) -> Fraction:
+    if isinstance(node.value, float) and not math.isfinite(node.value):
+        raise ExpressionError(f"{node.value} is not a finite number")
+    return Fraction(str(node.value))
+
+
+def evaluate(node: ast.expr) -> Fraction:
+    if isinstance(node, ast.Constant) and _is_number(node):
+        return _number(node)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = evaluate(node.left), evaluate(node.right)
+        if isinstance(node.op, ast.Div) and right == 0:
+            raise ExpressionError("division by zero")
+        return _BINARY[type(node.op)](left, right)
+    shown = ast.unparse(node)
+    raise ExpressionError(f"only numbers, + - * / and parentheses are allowed, not {shown!r}")
+
+
+def numbers_in(node: ast.expr) -> list[Fraction]:
+    return [_number(n) for n in ast.walk(node) if isinstance(n, ast.Constant) and _is_number(n)]
+
+
+def evaluate_text(text: str) -> Fraction:
+    return evaluate(parse_expression(text))
+
+
+def show(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{value} ≈ {float(value):.6g}"

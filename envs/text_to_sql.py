@@ -1,0 +1,129 @@
+"""Text-to-SQL over a small SQLite database built on the fly: the model may explore it with a
+`run_sql` tool (Hermes-style calls), then answers with a ```sql block, checked by running it
+and comparing its rows with the gold query's."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relayrl.envs.base import EnvSpec, Message, StepResult, Task, weighted_reward
+from relayrl.envs.registry import register_env
+from relayrl.envs.sql_database import QueryError, SqlDatabase, same_result
+from relayrl.envs.sql_fixture import QUESTIONS, SCHEMA
+from relayrl.envs.tool_calls import HermesFormat
+from relayrl.envs.tool_env import ToolEnv
+from relayrl.envs.tools import ToolResult
+
+_SQL_BLOCK = re.compile(r"```sql\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_GOLD_ROWS = 10_000
+
+
+class TextToSqlParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query_timeout_s: float = Field(1.0, gt=0)
+    max_rows_shown: int = Field(20, ge=1)
+    system_prompt: str = (
+        "Answer the question by writing one SQLite query over this database:\n{schema}\n"
+        "Give the final query in a ```sql block."
+    )
+    # tool_success (share of run_sql calls that worked) is logged; weight it to reward it.
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {"correct": 1.0, "format": 0.1}
+    )
+
+
+class TextToSqlTasks:
+    def __init__(self, params: TextToSqlParams) -> None:
+        self.params = params
+
+    def sample(self, rng: random.Random) -> Task:
+        index = rng.randrange(len(QUESTIONS))
+        question, gold = QUESTIONS[index]
+        return Task(
+            id=f"sql-{index}", messages=[{"role": "user", "content": question}], answer=gold
+        )
+
+
+class RunSqlTool:
+    name = "run_sql"
+    description = "Run a read-only SQLite query on the database and return its rows."
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"query": {"type": "string", "description": "one SELECT statement"}},
+        "required": ["query"],
+    }
+
+    def __init__(self, database: SqlDatabase, max_rows: int) -> None:
+        self.database = database
+        self.max_rows = max_rows
+
+    async def call(self, arguments: dict[str, Any]) -> ToolResult:
+        query = arguments.get("query")
+        if not isinstance(query, str) or not query.strip():
+            return ToolResult("invalid", 'run_sql needs a string argument "query"')
+        try:
+            return ToolResult("ok", self.database.query(query, self.max_rows).render())
+        except QueryError as exc:
+            return ToolResult("error", f"error: {exc}")
+
+
+class TextToSqlEnv(ToolEnv):
+    def __init__(self, params: TextToSqlParams) -> None:
+        self.database = SqlDatabase(params.query_timeout_s)
+        super().__init__([RunSqlTool(self.database, params.max_rows_shown)], HermesFormat())
+        self.params = params
+
+    def prompt(self, task: Task) -> list[Message]:
+        instructions = self.call_format.instructions(list(self.tools.values()))
+        system = f"{self.params.system_prompt.format(schema=SCHEMA)}\n{instructions}"
+        return [{"role": "system", "content": system}, *task.messages]
+
+    def _grade(self, sql: str) -> tuple[bool, bool]:
+        """(runs, correct): the query runs, and returns the gold query's rows."""
+        gold = str(self.task.answer)
+        try:
+            predicted = self.database.query(sql, _GOLD_ROWS)
+        except QueryError:
+            return False, False
+        expected = self.database.query(gold, _GOLD_ROWS)
+        return True, same_result(predicted, expected, ordered="ORDER BY" in gold.upper())
+
+    async def finish(self, text: str) -> StepResult:
+        blocks = _SQL_BLOCK.findall(text)
+        runs, correct = self._grade(blocks[-1]) if blocks else (False, False)
+        channels = {
+            "correct": float(correct),
+            "format": float(runs),
+            "tool_success": self.tool_success(),
+        }
+        return StepResult(
+            observation=None,
+            done=True,
+            reward=weighted_reward(channels, self.params.reward_weights),
+            reward_channels=channels,
+            void=not blocks,
+        )
+
+    async def close(self) -> None:
+        self.database.close()
+        await super().close()
+
+
+def stop_strings(params: TextToSqlParams) -> tuple[str, ...]:
+    return HermesFormat.stop_strings
+
+
+SPEC = register_env(
+    "text-to-sql",
+    EnvSpec(
+        params_model=TextToSqlParams,
+        make_tasks=TextToSqlTasks,
+        make_env=TextToSqlEnv,
+        stop_strings=stop_strings,
+    ),
+)
