@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteriaList
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
 from relayrl.actors.stop_strings import StopOnStrings
@@ -47,6 +52,7 @@ class TransformersEngine:
         self._generator_seed = settings.seed
         # Generation and weight loading must not interleave on the same module.
         self._lock = threading.Lock()
+        self._interrupted = threading.Event()
 
     @property
     def version(self) -> int:
@@ -60,8 +66,9 @@ class TransformersEngine:
             top_p=settings.top_p,
             top_k=0,
             max_new_tokens=settings.max_new_tokens,
-            eos_token_id=list(stop),
-            pad_token_id=stop[0],
+            eos_token_id=list(stop) or None,
+            # Padding only follows a stop token; with none, any id will do.
+            pad_token_id=stop[0] if stop else 0,
             return_dict_in_generate=True,
             output_scores=True,
         )
@@ -70,9 +77,9 @@ class TransformersEngine:
         self, prompt_ids: list[int], settings: SamplingSettings, n: int
     ) -> list[Completion]:
         config = self._generation_config(settings)
-        stop = set(config.eos_token_id)
+        stop = set(config.eos_token_id or ())
         inputs = torch.tensor([prompt_ids] * n, dtype=torch.long)
-        criteria = StoppingCriteriaList()
+        criteria = StoppingCriteriaList([_StopWhenSet(self._interrupted)])
         stop_strings = None
         if settings.stop_strings:
             if self._tokenizer is None:
@@ -82,6 +89,7 @@ class TransformersEngine:
             )
             criteria.append(stop_strings)
         with self._lock, torch.inference_mode():
+            self._interrupted.clear()
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
             version = self._version
@@ -103,6 +111,9 @@ class TransformersEngine:
                 ends.append(stop_strings.stopped_at[row])
             length = min(ends, default=len(tokens))
             finish: FinishReason = "stop" if ends else "length"
+            cut_short = len(tokens) < settings.max_new_tokens
+            if not ends and cut_short and self._interrupted.is_set():
+                finish = "abort"
             completions.append(
                 Completion(
                     token_ids=tokens[:length],
@@ -112,6 +123,10 @@ class TransformersEngine:
                 )
             )
         return completions
+
+    def interrupt(self) -> None:
+        """End the running generation at the next token; unfinished rows return "abort"."""
+        self._interrupted.set()
 
     async def generate(
         self, prompt_ids: list[int], settings: SamplingSettings, n: int
@@ -128,3 +143,13 @@ class TransformersEngine:
 
     async def close(self) -> None:
         self._model = None
+
+
+class _StopWhenSet(StoppingCriteria):
+    def __init__(self, flag: threading.Event) -> None:
+        self._flag = flag
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object
+    ) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool)

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from relayrl.actors.agent_loop import AgentLoop, AgentSettings, EpisodeOutcome
 from relayrl.actors.engine import Engine, SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
+from relayrl.actors.resuming_engine import ResumingEngine
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.envs.registry import resolve_env
@@ -37,6 +38,9 @@ class WorkerSettings:
     env_name: str
     env_params: dict[str, Any] = field(default_factory=dict)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    # "finish": in-flight samples end on the weights they started with; "interrupt": they
+    # stop at the next token when a new version is published and continue under it.
+    weight_update: str = "finish"
     seed: int = 0
 
 
@@ -84,6 +88,12 @@ class RolloutWorker:
         self.gate = gate
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
         self.engine = build_engine(settings, self.tokenizer)
+        if settings.weight_update == "interrupt":
+            if not hasattr(self.engine, "interrupt"):
+                raise ValueError(
+                    f"rollout.weight_update 'interrupt' is not supported by {settings.engine!r}"
+                )
+            self.engine = ResumingEngine(self.engine, self._latest_version, self.sync_weights)
         spec = resolve_env(settings.env_name)
         self.env_params = spec.params_model.model_validate(settings.env_params)
         self.env_spec = spec
@@ -99,6 +109,10 @@ class RolloutWorker:
         )
         self.rng = random.Random(f"{settings.seed}-{settings.worker_id}")
         self.stats = WorkerStats()
+
+    async def _latest_version(self) -> int | None:
+        info = await asyncio.to_thread(self.weights.latest)
+        return info.version if info else None
 
     async def sync_weights(self) -> int:
         """Pull the newest published version if it is newer than the loaded one."""

@@ -64,6 +64,7 @@ def worker_settings_factory(
             env_name=config.env.name,
             env_params=dict(config.env.params),
             agent=AgentSettings(**config.rollout.agent.model_dump()),
+            weight_update=config.rollout.weight_update,
             seed=seed,
         )
 

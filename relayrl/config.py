@@ -46,6 +46,9 @@ class RolloutConfig(Section):
     agent: AgentConfig = AgentConfig()
     cpus_per_worker: float = Field(0.5, gt=0)
     torch_threads: int = Field(1, ge=1)
+    # When new weights are published mid-generation: "finish" lets in-flight samples end on
+    # the old weights; "interrupt" stops them at the next token and continues on the new ones.
+    weight_update: Literal["finish", "interrupt"] = "finish"
     # Restarts Ray grants a crashed worker before the job reports it dead.
     max_worker_restarts: int = Field(3, ge=0)
 

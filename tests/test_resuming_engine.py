@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from relayrl.actors.chat_format import prompt_token_ids
+from relayrl.actors.engine import SamplingSettings
+from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
+from relayrl.actors.resuming_engine import ResumingEngine
+from relayrl.learner.algorithms.logprobs import token_logprobs
+
+
+def logprobs_under(model, tokens: list[int], start: int) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokens])).logits
+    return token_logprobs(logits, torch.tensor([tokens]), 1.0)[0, start:]
+
+
+def test_interrupted_samples_continue_under_the_new_weights(tiny_model_path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    # No stop token, so only the interruption or the budget can end a sample.
+    inner = TransformersEngine(TransformersSettings(tiny_model_path), eos_token_ids=())
+    old = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    torch.manual_seed(0)
+    new_state = {k: v + 0.05 * torch.randn_like(v) for k, v in old.state_dict().items()}
+    new_state["lm_head.weight"] = new_state["model.embed_tokens.weight"]
+    new = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    new.load_state_dict(new_state)
+
+    published = {"version": 0}
+    updates = []
+
+    async def latest_version() -> int:
+        return published["version"]
+
+    async def update() -> None:
+        # Like RolloutWorker.sync_weights: load only what is newer than the engine's version.
+        if published["version"] > inner.version:
+            updates.append(published["version"])
+            await inner.update_weights(new_state, published["version"])
+
+    engine = ResumingEngine(inner, latest_version, update, poll_s=0.05)
+    prompt = prompt_token_ids(tokenizer, [{"role": "user", "content": "count"}])
+    settings = SamplingSettings(max_new_tokens=600, temperature=1.0)
+
+    async def scenario():
+        async def publish_soon():
+            await asyncio.sleep(0.3)
+            published["version"] = 1
+
+        publisher = asyncio.create_task(publish_soon())
+        completions = await engine.generate(prompt, settings, n=2)
+        await publisher
+        return completions
+
+    completions = asyncio.run(scenario())
+    assert engine.interruptions == 1 and updates == [1]
+    for completion in completions:
+        versions = completion.versions
+        assert len(completion.token_ids) == 600 and completion.finish_reason == "length"
+        assert versions[0] == 0 and versions[-1] == 1
+        switch = versions.index(1)
+        assert set(versions[:switch]) == {0} and set(versions[switch:]) == {1}
+        tokens = prompt + completion.token_ids
+        reported = torch.tensor(completion.logprobs)
+        start = len(prompt)
+        torch.testing.assert_close(
+            reported[:switch], logprobs_under(old, tokens, start)[:switch], atol=1e-4, rtol=1e-4
+        )
+        torch.testing.assert_close(
+            reported[switch:], logprobs_under(new, tokens, start)[switch:], atol=1e-4, rtol=1e-4
+        )
