@@ -9,6 +9,10 @@ import signal
 import sys
 from types import FrameType
 
+from relayrl.config_loader import ConfigError, load_config
+from relayrl.errors import JobConfigError
+from relayrl.models import ModelNotFoundError
+
 EXIT_CONFIG_ERROR = 2
 
 
@@ -24,24 +28,12 @@ def _stop_cleanly_on_signals() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from relayrl.config_loader import ConfigError, load_config
-
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"relayrl: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-
+    config = load_config(args.config, args.overrides)
     from relayrl.cluster.job import run_job
-    from relayrl.errors import JobConfigError
-    from relayrl.models import ModelNotFoundError
 
     _stop_cleanly_on_signals()
     try:
         result = run_job(config, resume=args.resume)
-    except (JobConfigError, ModelNotFoundError) as exc:
-        print(f"relayrl: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
     except KeyboardInterrupt as exc:
         print(f"relayrl: stopped ({exc or 'interrupted'}); resume with --resume", file=sys.stderr)
         return 130
@@ -54,22 +46,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from relayrl.config_loader import ConfigError, load_config
-
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"relayrl: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-
+    config = load_config(args.config, args.overrides)
     from relayrl.cluster.scale import scale_job
-    from relayrl.errors import JobConfigError
 
-    try:
-        previous = scale_job(config, args.workers)
-    except JobConfigError as exc:
-        print(f"relayrl: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    previous = scale_job(config, args.workers)
     print(f"{config.name}: rollout workers {previous} -> {args.workers}")
     return 0
 
@@ -122,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"relayrl: {exc}", file=sys.stderr)
+    except (JobConfigError, ModelNotFoundError) as exc:
+        print(f"relayrl: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":
