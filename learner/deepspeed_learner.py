@@ -259,7 +259,13 @@ class DeepSpeedLearner:
         if self.value_model is not None:
             self.value_model.save_state(folder)
         if s.rank == 0:
-            checkpoint.write_state(folder, {"step": self.step, "version": self.version})
+            position = self.intake.last_entry_id if self.intake is not None else None
+            checkpoint.write_state(
+                folder,
+                # The stream position is informational: delivery state lives in the consumer
+                # group, and the ledger decides what counts as trained.
+                {"step": self.step, "version": self.version, "stream_position": position},
+            )
             # Ledger first, then `latest`, then acks: a crash between any two of them
             # re-delivers entries that the restored ledger does not count as trained.
             if self.intake is not None:

@@ -20,6 +20,9 @@ from relayrl.learner import checkpoint
 from relayrl.learner.batching import GroupAssembler
 from relayrl.learner.group_filter import DROPPED_REASON, ZeroVarianceFilter
 
+# Entries another consumer has held this long without acknowledging are taken over.
+ABANDONED_AFTER_MS = 60_000
+
 
 class BatchTimeoutError(RuntimeError):
     """No complete batch arrived in time: the rollout side is stalled or dead."""
@@ -65,8 +68,12 @@ class BatchIntake:
         self.seen_ids: set[str] = set()  # trained or discarded, committed or not
         self.uncommitted: list[StepRecord] = []
         self._discards: list[tuple[BufferEntry, str]] = []
+        self._claimed = False
+        self.last_entry_id: str | None = None  # stream position, kept in checkpoints
 
     def _admit(self, entries: list[BufferEntry]) -> None:
+        if entries:
+            self.last_entry_id = entries[-1].entry_id
         fresh = []
         for entry in entries:
             if entry.trajectory.id in self.seen_ids:
@@ -83,6 +90,9 @@ class BatchIntake:
 
     def next_batch(self, version: int) -> list[BufferEntry]:
         """`prompts_per_step` complete groups fresh enough to train policy `version` on."""
+        if not self._claimed:
+            self.consumer.claim_abandoned(ABANDONED_AFTER_MS)
+            self._claimed = True
         deadline = time.monotonic() + self.batch_timeout_s
         batch: list[BufferEntry] = []
         while len(batch) < self.prompts_per_step * self.group_size:

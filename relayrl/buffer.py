@@ -39,4 +39,9 @@ class TrajectoryConsumer(Protocol):
         """Acknowledge entries whose training step is durable; returns how many were pending."""
         ...
 
+    def claim_abandoned(self, min_idle_ms: int) -> int:
+        """Take over entries another (dead) consumer was given and never acknowledged;
+        they are read again like this consumer's own. Returns how many."""
+        ...
+
     def stats(self) -> BufferStats: ...
