@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -53,9 +54,15 @@ class EmbeddedRedis:
         port: int | None = None,
         password: str | None = None,
         fsync: str = "always",
+        watchdog_s: float | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.fsync = fsync
+        # When set, a thread restarts a dead server this often, whatever the owner is doing.
+        self.watchdog_s = watchdog_s
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._lock = threading.Lock()
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
         self._process: subprocess.Popen[bytes] | None = None
@@ -69,6 +76,7 @@ class EmbeddedRedis:
         return self._process.pid if self._process else None
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedRedis:
+        self._stopping.clear()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         settings = {
             "bind": "127.0.0.1",
@@ -110,18 +118,38 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         client.close()
         log.info("embedded redis on 127.0.0.1:%d, data in %s", self.port, self.data_dir)
+        if self.watchdog_s and self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="redis-watchdog", daemon=True
+            )
+            self._watchdog.start()
         return self
+
+    def _watch(self) -> None:
+        assert self.watchdog_s is not None
+        while not self._stopping.wait(self.watchdog_s):
+            try:
+                if self.restart_if_dead():
+                    log.warning("embedded redis had died; restarted it on the same data")
+            except RedisUnavailableError as exc:
+                log.error("embedded redis is down and would not restart: %s", exc)
 
     def restart_if_dead(self) -> bool:
         """Start again on the same port, password and data if the server has died."""
-        if self._process is None or self._process.poll() is None:
-            return False
-        self._process = None
-        self.start()
-        return True
+        with self._lock:
+            if self._stopping.is_set() or self._process is None or self._process.poll() is None:
+                return False
+            self._process = None
+            self.start()
+            return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        process, self._process = self._process, None
+        self._stopping.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join()
+            self._watchdog = None
+        with self._lock:
+            process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
         # SIGTERM makes redis flush the append-only file before it exits.

@@ -124,7 +124,9 @@ class Job:
         if config.buffer.url:
             url = config.buffer.url
         else:
-            self.redis = EmbeddedRedis(self.output_dir / "redis", fsync=config.buffer.fsync)
+            self.redis = EmbeddedRedis(
+                self.output_dir / "redis", fsync=config.buffer.fsync, watchdog_s=1.0
+            )
             url = stack.enter_context(self.redis).url
         buffer = RedisStreamBuffer(
             url,
@@ -137,20 +139,19 @@ class Job:
         return url, buffer
 
     def _supervise(self, fleet: RolloutFleet, controller: Any) -> None:
-        if self.redis is not None and self.redis.restart_if_dead():
-            log.warning("embedded redis had died; restarted it on the same data")
         fleet.supervise()
         desired = ray.get(controller.desired_workers.remote(), timeout=CALL_TIMEOUT_S)
         if desired != fleet.size:
             log.info("scaling rollout workers %d -> %d", fleet.size, desired)
             fleet.scale_to(desired)
 
-    def _train_step(
-        self, learner: LearnerGroup, fleet: RolloutFleet, controller: Any
-    ) -> dict[str, Any]:
-        """Run one learner step while keeping the rollout side supervised."""
+    def _on_learner(
+        self, method: str, learner: LearnerGroup, fleet: RolloutFleet, controller: Any
+    ) -> Any:
+        """Call `method` on every learner rank, supervising workers and the embedded Redis
+        while it runs (a learner waiting on a dead Redis needs the driver to restart it)."""
         self._supervise(fleet, controller)
-        refs = [rank.train_step.remote() for rank in learner.ranks]
+        refs = [getattr(rank, method).remote() for rank in learner.ranks]
         # The learner gives up by itself after batch_timeout_s; this bounds a hung collective.
         deadline = time.monotonic() + self.config.learner.batch_timeout_s + CALL_TIMEOUT_S
         while True:
@@ -159,7 +160,7 @@ class Job:
                 return ray.get(refs)[0]
             self._supervise(fleet, controller)
             if time.monotonic() > deadline:
-                raise TimeoutError("learner step did not finish in time; see the learner logs")
+                raise TimeoutError(f"learner {method} did not finish in time; see its logs")
 
     def run(self) -> JobResult:
         config = self.config
@@ -252,7 +253,7 @@ class Job:
         with bar:
             for step in range(start + 1, total + 1):
                 started = time.perf_counter()
-                metrics = self._train_step(learner, fleet, controller)
+                metrics = self._on_learner("train_step", learner, fleet, controller)
                 ray.get(controller.set_version.remote(metrics["version"]))
                 reports = fleet.reports_now(timeout_s=30.0)
                 stats = buffer.stats()
@@ -270,7 +271,9 @@ class Job:
                     }
                 )
                 if (every and step % every == 0) or step == total:
-                    checkpoint = Path(learner.save_checkpoint())
+                    checkpoint = Path(
+                        self._on_learner("save_checkpoint", learner, fleet, controller)
+                    )
                 writer.write(step, metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")

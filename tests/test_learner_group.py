@@ -46,9 +46,24 @@ def start(settings: Any, url: str, stream: str) -> tuple[LearnerGroup, RedisStre
     buffer.ensure_group()
     weights = ObjectStoreWeights(WeightStore.remote(), timeout_s=300)
     group = LearnerGroup(
-        settings, buffer.with_consumer("learner-0"), weights, cpus_per_rank=1, call_timeout_s=600
+        settings,
+        buffer.with_consumer("learner-0"),
+        weights,
+        CountingRefill(),
+        cpus_per_rank=1,
+        call_timeout_s=600,
     )
     return group, buffer, weights
+
+
+class CountingRefill:
+    """No rollout fleet here: the test feeds the buffer itself, so a refill only counts."""
+
+    def __init__(self) -> None:
+        self.discarded = 0
+
+    def discard(self, count: int) -> None:
+        self.discarded += count
 
 
 def sampled(groups: list[list[Trajectory]]) -> int:
