@@ -9,7 +9,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relayrl.envs.arith_expr import ExpressionError, evaluate, numbers_in, parse_expression
-from relayrl.envs.base import EnvSpec, Message, StepResult, Task, weighted_reward
+from relayrl.envs.base import EnvSpec, Message, StepResult, Task
 from relayrl.envs.calculator import CalculatorTool
 from relayrl.envs.registry import register_env
 from relayrl.envs.tool_calls import HermesFormat
@@ -84,26 +84,18 @@ class CountdownEnv(ToolEnv):
         self.params = params
 
     def prompt(self, task: Task) -> list[Message]:
-        instructions = self.call_format.instructions(list(self.tools.values()))
-        system = f"{self.params.system_prompt}\n\n{instructions}"
-        return [{"role": "system", "content": system}, *task.messages]
+        return self.instructed_prompt(self.params.system_prompt, task)
 
     async def finish(self, text: str) -> StepResult:
         answers = _ANSWER.findall(text)
         well_formed, correct = (
             check_answer(answers[-1], **self.task.answer) if answers else (False, False)
         )
-        channels = {
-            "correct": float(correct),
-            "format": float(well_formed),
-            "tool_success": self.tool_success(),
-        }
-        return StepResult(
-            observation=None,
-            done=True,
-            reward=weighted_reward(channels, self.params.reward_weights),
-            reward_channels=channels,
-            void=not answers,
+        return self.final_answer(
+            correct=correct,
+            well_formed=well_formed,
+            answered=bool(answers),
+            weights=self.params.reward_weights,
         )
 
 

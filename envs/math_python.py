@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from relayrl.envs.base import EnvSpec, Message, StepResult, Task, weighted_reward
+from relayrl.envs.base import EnvSpec, Message, StepResult, Task
 from relayrl.envs.math_answers import last_boxed, shared_verifier
 from relayrl.envs.math_tasks import MathTaskParams, MathTasks
 from relayrl.envs.python_sandbox import SandboxedPython, SandboxParams
@@ -43,26 +43,18 @@ class MathPythonEnv(ToolEnv):
         self.params = params
 
     def prompt(self, task: Task) -> list[Message]:
-        instructions = self.call_format.instructions(list(self.tools.values()))
-        system = f"{self.params.system_prompt}\n\n{instructions}"
-        return [{"role": "system", "content": system}, *task.messages]
+        return self.instructed_prompt(self.params.system_prompt, task)
 
     async def finish(self, text: str) -> StepResult:
         answer = last_boxed(text)
         correct = answer is not None and await shared_verifier().equivalent(
             str(self.task.answer), answer
         )
-        channels = {
-            "correct": float(correct),
-            "format": float(answer is not None),
-            "tool_success": self.tool_success(),
-        }
-        return StepResult(
-            observation=None,
-            done=True,
-            reward=weighted_reward(channels, self.params.reward_weights),
-            reward_channels=channels,
-            void=answer is None,
+        return self.final_answer(
+            correct=correct,
+            well_formed=answer is not None,
+            answered=answer is not None,
+            weights=self.params.reward_weights,
         )
 
 

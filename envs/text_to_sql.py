@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relayrl.envs.base import EnvSpec, Message, StepResult, Task, weighted_reward
+from relayrl.envs.base import EnvSpec, Message, StepResult, Task
 from relayrl.envs.registry import register_env
 from relayrl.envs.sql_database import QueryError, SqlDatabase, same_result
 from relayrl.envs.sql_fixture import QUESTIONS, SCHEMA
@@ -79,9 +79,8 @@ class TextToSqlEnv(ToolEnv):
         self.params = params
 
     def prompt(self, task: Task) -> list[Message]:
-        instructions = self.call_format.instructions(list(self.tools.values()))
-        system = f"{self.params.system_prompt.format(schema=SCHEMA)}\n{instructions}"
-        return [{"role": "system", "content": system}, *task.messages]
+        system = self.params.system_prompt.format(schema=SCHEMA)
+        return self.instructed_prompt(system, task, separator="\n")
 
     def _grade(self, sql: str) -> tuple[bool, bool]:
         """(runs, correct): the query runs, and returns the gold query's rows."""
@@ -96,17 +95,11 @@ class TextToSqlEnv(ToolEnv):
     async def finish(self, text: str) -> StepResult:
         blocks = _SQL_BLOCK.findall(text)
         runs, correct = self._grade(blocks[-1]) if blocks else (False, False)
-        channels = {
-            "correct": float(correct),
-            "format": float(runs),
-            "tool_success": self.tool_success(),
-        }
-        return StepResult(
-            observation=None,
-            done=True,
-            reward=weighted_reward(channels, self.params.reward_weights),
-            reward_channels=channels,
-            void=not blocks,
+        return self.final_answer(
+            correct=correct,
+            well_formed=runs,
+            answered=bool(blocks),
+            weights=self.params.reward_weights,
         )
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from relayrl.envs.base import Message, StepResult, Task
+from relayrl.envs.base import Message, StepResult, Task, weighted_reward
 from relayrl.envs.tool_calls import CallFormat, MalformedCall, ToolCall
 from relayrl.envs.tools import Tool, ToolResult
 
@@ -58,6 +58,28 @@ class ToolEnv(ABC):
         if not self.call_statuses:
             return 0.0
         return sum(status == "ok" for status in self.call_statuses) / len(self.call_statuses)
+
+    def instructed_prompt(self, system: str, task: Task, separator: str = "\n\n") -> list[Message]:
+        """The task's messages after a system message that ends with the tool instructions."""
+        instructions = self.call_format.instructions(list(self.tools.values()))
+        return [{"role": "system", "content": f"{system}{separator}{instructions}"}, *task.messages]
+
+    def final_answer(
+        self, *, correct: bool, well_formed: bool, answered: bool, weights: dict[str, float]
+    ) -> StepResult:
+        """The episode's last step, with the correct / format / tool_success channels."""
+        channels = {
+            "correct": float(correct),
+            "format": float(well_formed),
+            "tool_success": self.tool_success(),
+        }
+        return StepResult(
+            observation=None,
+            done=True,
+            reward=weighted_reward(channels, weights),
+            reward_channels=channels,
+            void=not answered,
+        )
 
     @abstractmethod
     def prompt(self, task: Task) -> list[Message]:
