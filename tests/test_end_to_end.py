@@ -47,9 +47,11 @@ def finished_job(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory)
             f"output.dir={out}/run",
         ],
     )
-    result = run_job(config)
-    yield config, result, redis.Redis.from_url(server.url)
-    server.stop()
+    try:
+        result = run_job(config)
+        yield config, result, redis.Redis.from_url(server.url)
+    finally:
+        server.stop()
 
 
 def test_learner_took_every_step_and_wrote_metrics(finished_job) -> None:
