@@ -1,5 +1,5 @@
 """Multi-turn tool-using training end to end: real Ray, Redis, DeepSpeed and sandbox, the tiny
-model, and a user's Env class plugged in by `module:Class`."""
+model, a user's Env class plugged in by `module:Class`, and each of the two rollout engines."""
 
 from __future__ import annotations
 
@@ -12,42 +12,48 @@ from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.config_loader import load_config
 from relayrl.metrics import read_metrics
 from relayrl.trajectory import decode
+from tests.engine_harness import ENGINE_KINDS
 
 pytestmark = pytest.mark.slow
 
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def finished_job(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=ENGINE_KINDS)
+def finished_job(
+    request: pytest.FixtureRequest, tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory
+):
     from relayrl.cluster.embedded_redis import EmbeddedRedis
 
-    out = tmp_path_factory.mktemp("agent-job")
+    out = tmp_path_factory.mktemp(f"agent-job-{request.param}")
     server = EmbeddedRedis(out / "redis").start()
-    config = load_config(
-        None,
-        [
-            "name=agent-e2e",
-            f"model.path={tiny_model_path}",
-            "rollout.num_workers=1",
-            "rollout.group_size=2",
-            "rollout.sampling.max_new_tokens=8",
-            "rollout.agent.max_turns=3",
-            "rollout.agent.max_total_tokens=400",
-            f"buffer.url={server.url}",
-            "buffer.trim_acknowledged=false",
-            "env.name=tests.agent_plugin_envs:PythonEveryTurn",
-            "learner.lr=1e-3",
-            "learner.micro_batch_tokens=256",
-            f"trainer.steps={STEPS}",
-            "trainer.prompts_per_step=2",
-            f"output.dir={out}/run",
-            "output.plot=false",
-        ],
-    )
-    result = run_job(config)
-    yield config, result, redis.Redis.from_url(server.url)
-    server.stop()
+    try:
+        config = load_config(
+            None,
+            [
+                "name=agent-e2e",
+                f"model.path={tiny_model_path}",
+                f"rollout.engine={request.param}",
+                "rollout.num_workers=1",
+                "rollout.group_size=2",
+                "rollout.sampling.max_new_tokens=8",
+                "rollout.agent.max_turns=3",
+                "rollout.agent.max_total_tokens=400",
+                f"buffer.url={server.url}",
+                "buffer.trim_acknowledged=false",
+                "env.name=tests.agent_plugin_envs:PythonEveryTurn",
+                "learner.lr=1e-3",
+                "learner.micro_batch_tokens=256",
+                f"trainer.steps={STEPS}",
+                "trainer.prompts_per_step=2",
+                f"output.dir={out}/run",
+                "output.plot=false",
+            ],
+        )
+        result = run_job(config)
+        yield config, result, redis.Redis.from_url(server.url)
+    finally:
+        server.stop()
 
 
 def test_the_learner_trained_on_multi_turn_episodes(finished_job) -> None:

@@ -6,14 +6,11 @@ own processes, so it lives in a module fixture and is driven from one event-loop
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import socket
-import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
 import torch
@@ -25,34 +22,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.vllm_engine import VLLMEngine, WeightSyncError
 from relayrl.actors.vllm_settings import VLLMSettings
+from tests.engine_harness import CALL_TIMEOUT_S, EngineLoop
+from tests.engine_harness import LOGPROB_ATOL as ENGINE_LOGPROB_ATOL
 
-_T = TypeVar("_T")
-
-# fp32 end to end; differences come from kernel summation order over up to ~600 positions.
-LOGPROB_ATOL = 1e-3
+LOGPROB_ATOL = ENGINE_LOGPROB_ATOL["vllm"]
 # After a substantial perturbation the old weights' log-probs are off by whole nats.
 STALE_MIN_GAP = 0.5
 TEMPERATURE = 0.7
-CALL_TIMEOUT_S = 300.0
-
-
-class EngineLoop:
-    """A private event loop on a thread: vLLM's output handler is bound to one loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(CALL_TIMEOUT_S)
-
-    def start(self, coroutine: Coroutine[Any, Any, _T]) -> Future[_T]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
 
 
 class WeightVersions:

@@ -1,9 +1,11 @@
-"""The agent loop on the real transformers engine and tiny model: multi-turn episodes stay
-token-faithful, and the stored log-probs are the model's on exactly the stored tokens."""
+"""The agent loop on both real engines (transformers and vLLM) and the tiny model: multi-turn
+episodes stay token-faithful, the stored log-probs are the model's on exactly the stored
+tokens, and stop strings end a turn where they complete."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from tests.agent_loop_fakes import (
     assert_token_faithful,
     episode_calls,
 )
+from tests.engine_harness import ENGINE_KINDS, DrivenEngine, EngineKind, driven_engine
 
 PROMPT = [{"role": "user", "content": "what is 3 + 4"}]
 TEMPERATURE = 0.8
@@ -33,17 +36,18 @@ def tokenizer(tiny_model_path: str) -> Any:
     return AutoTokenizer.from_pretrained(tiny_model_path)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_path: str, tokenizer: Any) -> TransformersEngine:
-    return TransformersEngine(
-        TransformersSettings(tiny_model_path), (tokenizer.eos_token_id,), tokenizer=tokenizer
-    )
+@pytest.fixture(scope="module", params=ENGINE_KINDS)
+def driven(
+    request: pytest.FixtureRequest, tiny_model_path: str, tokenizer: Any
+) -> Iterator[DrivenEngine]:
+    kind: EngineKind = request.param
+    yield from driven_engine(kind, tiny_model_path, tokenizer)
 
 
 def test_multi_turn_episodes_are_token_faithful_on_the_real_engine(
-    engine: TransformersEngine, tokenizer: Any, tiny_model_path: str
+    driven: DrivenEngine, tokenizer: Any, tiny_model_path: str
 ) -> None:
-    recording = RecordingEngine(engine)
+    recording = RecordingEngine(driven.engine)
     # The random model never answers, so every turn gets "try again" until the turn cap.
     envs = [RecordingToolEnv(HermesFormat(), "echo", retry=True) for _ in range(3)]
     loop = AgentLoop(
@@ -53,10 +57,10 @@ def test_multi_turn_episodes_are_token_faithful_on_the_real_engine(
         AgentSettings(max_turns=3, max_total_tokens=256),
         stop_strings=HermesFormat.stop_strings,
     )
-    outcomes = asyncio.run(loop.run_group(Task(id="t", messages=PROMPT), envs))
+    outcomes = driven.run(loop.run_group(Task(id="t", messages=PROMPT), envs))
 
     assert [call.n for call in recording.calls] == [3] + [1] * 6
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     for index, (outcome, env) in enumerate(zip(outcomes, envs, strict=True)):
         traj = outcome.to_trajectory("g", {})
         assert (len(traj.turns), traj.finish_reason) == (3, "max_turns")
@@ -69,16 +73,19 @@ def test_multi_turn_episodes_are_token_faithful_on_the_real_engine(
             recomputed = token_logprobs(model(input_ids=tokens).logits, tokens, TEMPERATURE)[0]
         sampled = torch.from_numpy(traj.loss_mask.astype(bool))
         torch.testing.assert_close(
-            torch.from_numpy(traj.logprobs)[sampled], recomputed[sampled], atol=1e-4, rtol=1e-4
+            torch.from_numpy(traj.logprobs)[sampled],
+            recomputed[sampled],
+            atol=driven.logprob_atol,
+            rtol=driven.logprob_atol,
         )
 
 
 def test_stop_strings_end_a_turn_on_the_token_that_completes_them(
-    engine: TransformersEngine, tokenizer: Any
+    driven: DrivenEngine, tokenizer: Any
 ) -> None:
     prompt = prompt_token_ids(tokenizer, [{"role": "user", "content": "hi"}])
     settings = SamplingSettings(max_new_tokens=24, seed=3, stop_strings=("e",))
-    completions = asyncio.run(engine.generate(prompt, settings, n=4))
+    completions = driven.run(driven.engine.generate(prompt, settings, n=4))
     stopped_by_string = 0
     for completion in completions:
         text = tokenizer.decode(completion.token_ids)
@@ -89,7 +96,9 @@ def test_stop_strings_end_a_turn_on_the_token_that_completes_them(
             assert completion.finish_reason == "stop"
             stopped_by_string += 1
     assert stopped_by_string >= 2
-    unstopped = asyncio.run(engine.generate(prompt, SamplingSettings(max_new_tokens=24, seed=3), 4))
+    unstopped = driven.run(
+        driven.engine.generate(prompt, SamplingSettings(max_new_tokens=24, seed=3), 4)
+    )
     # The same seed samples the same tokens; the stop string only cut them short.
     pairs = list(zip(completions, unstopped, strict=True))
     assert all(full.token_ids[: len(short.token_ids)] == short.token_ids for short, full in pairs)
