@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -23,6 +22,7 @@ from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
+from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.learner.batching import pad_rows
 from relayrl.learner.engines import training_engine
 from relayrl.learner.full_state import full_state_dict
@@ -33,7 +33,6 @@ from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.reference import ReferenceModel
 from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES, Scorer, score_batch
-from relayrl.learner.staleness import staleness_histogram
 from relayrl.learner.update import PolicyUpdate
 from relayrl.learner.value_model import ValueModel
 from relayrl.trajectory import Trajectory, decode, encode
@@ -182,8 +181,7 @@ class DeepSpeedLearner:
         scores = score_batch(trajectories, plan, self.pad_id, self._scorers())
         full = pad_rows(trajectories, slice(None), self.pad_id)
         estimate = self.estimator(advantage_inputs(trajectories, full, scores, s.algorithm))
-        metrics = self._batch_metrics(trajectories)
-        metrics.update(staleness_histogram(trajectories, self.version))
+        metrics = batch_metrics(trajectories, self.version)
         metrics.update(self.update.run(trajectories, plan, full, scores, estimate))
         trained = time.perf_counter() - started - waited
         self.version += 1
@@ -204,33 +202,6 @@ class DeepSpeedLearner:
                 "time/publish_s": time.perf_counter() - publish_started,
             }
         )
-        return metrics
-
-    def _batch_metrics(self, trajectories: list[Trajectory]) -> dict[str, Any]:
-        rewards = np.array([t.reward for t in trajectories])
-        lengths = np.array([t.num_sampled_tokens for t in trajectories])
-        sampled_versions = np.concatenate([t.sampled_versions() for t in trajectories])
-        if sampled_versions.size == 0:  # every token masked (void episodes): nothing is stale
-            sampled_versions = np.array([self.version])
-        staleness = self.version - sampled_versions
-        metrics: dict[str, Any] = {
-            "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()),
-            "response/length_mean": float(lengths.mean()),
-            "response/truncated_fraction": float(
-                np.mean([t.finish_reason == "length" for t in trajectories])
-            ),
-            "staleness/max": int(staleness.max()),
-            "staleness/mean": float(staleness.mean()),
-            "batch/trajectories": len(trajectories),
-            "batch/sampled_tokens": int(lengths.sum()),
-            "batch/total_tokens": int(sum(len(t.tokens) for t in trajectories)),
-            "batch/min_token_version": int(sampled_versions.min()),
-        }
-        channels = sorted({name for t in trajectories for name in t.reward_channels})
-        for name in channels:
-            values = [t.reward_channels.get(name, 0.0) for t in trajectories]
-            metrics[f"reward/{name}"] = float(np.mean(values))
         return metrics
 
     # ---- weights and checkpoints -------------------------------------------------------

@@ -4,6 +4,7 @@ intake, where the ratio starts, staleness counts and ZeRO-3 stand-in micro-batch
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from relayrl.algorithm_config import (
 )
 from relayrl.buffer import BufferEntry
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
+from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.learner.batching import pad_rows
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.learner.group_filter import DROPPED_REASON, ZeroVarianceFilter
@@ -27,7 +29,7 @@ from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.rewards import advantage_inputs, shaped_rewards
 from relayrl.learner.scoring import PROXIMAL, REFERENCE
 from relayrl.learner.staleness import staleness_histogram
-from relayrl.trajectory import Trajectory
+from relayrl.trajectory import Trajectory, Turn
 
 
 def traj(
@@ -149,6 +151,36 @@ def test_staleness_histogram_counts_sampled_tokens_per_lag() -> None:
         "staleness/hist_0": 3,
         "staleness/hist_2": 2,
     }
+
+
+def test_batch_metrics_say_how_episodes_ended_and_which_trained_nothing() -> None:
+    two_turns = replace(traj("a", 1.0, sampled=4, version=3), finish_reason="max_turns")
+    two_turns.turns = [Turn(2, 4, tool="python"), Turn(5, 6)]
+    truncated = replace(traj("a", 0.0, sampled=2, version=2), finish_reason="length")
+    void = traj("b", 0.0, sampled=3, version=3)
+    void.loss_mask[:] = 0
+    void.finish_reason = "void_turn"
+
+    metrics = batch_metrics([two_turns, truncated, void], version=4)
+
+    ends = {k.removeprefix("episode/end_"): v for k, v in metrics.items() if "/end_" in k}
+    assert ends == pytest.approx({"max_turns": 1 / 3, "length": 1 / 3, "void_turn": 1 / 3})
+    assert metrics["response/truncated_fraction"] == pytest.approx(1 / 3)
+    assert metrics["episode/masked_fraction"] == pytest.approx(1 / 3)
+    assert metrics["episode/turns_mean"] == pytest.approx(4 / 3)
+    assert metrics["batch/sampled_tokens"] == 6
+    assert (metrics["staleness/max"], metrics["batch/min_token_version"]) == (2, 2)
+    assert metrics["staleness/hist_1"] == 4 and metrics["staleness/hist_2"] == 2
+    assert metrics["reward/mean"] == pytest.approx(1 / 3)
+
+
+def test_batch_metrics_of_a_batch_that_trains_nothing() -> None:
+    void = traj("b", 0.0)
+    void.loss_mask[:] = 0
+    metrics = batch_metrics([void, void], version=5)
+    assert metrics["episode/masked_fraction"] == 1.0
+    assert (metrics["staleness/max"], metrics["batch/min_token_version"]) == (0, 5)
+    assert not any(key.startswith("staleness/hist_") for key in metrics)
 
 
 def test_ranks_split_rows_and_stand_ins_train_nothing() -> None:
