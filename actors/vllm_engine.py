@@ -37,6 +37,10 @@ class WeightSyncError(RuntimeError):
 class VLLMEngine:
     """Token-in/token-out sampling with behaviour log-probs and in-place weight updates."""
 
+    # An update pauses running requests and resumes them under the new weights, so a worker
+    # may load new versions while a group is still generating (rollout.weight_update interrupt).
+    updates_while_generating = True
+
     def __init__(self, settings: VLLMSettings, initial_version: int = 0) -> None:
         self._settings = settings
         self._version = initial_version

@@ -25,13 +25,18 @@ from relayrl.cluster.controller import (
     controller_name,
 )
 from relayrl.cluster.embedded_redis import EmbeddedRedis
-from relayrl.cluster.job_settings import learner_settings, local_cpus, worker_settings_factory
+from relayrl.cluster.job_settings import (
+    learner_settings,
+    local_cpus,
+    weight_transport,
+    worker_settings_factory,
+)
 from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.pipeline_meter import PipelineMeter
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.rollout_fleet import RolloutFleet
-from relayrl.cluster.weight_store import ObjectStoreWeights, WeightStore
+from relayrl.cluster.weight_store import WeightStore
 from relayrl.config import JobConfig
 from relayrl.envs.registry import validate_env_params
 from relayrl.errors import JobConfigError
@@ -169,7 +174,7 @@ class Job:
         with ExitStack() as stack:
             redis_url, buffer = self._start_buffer(stack)
             stack.enter_context(ray_session(local_cpus(config)))
-            weights = ObjectStoreWeights(WeightStore.remote(), timeout_s=CALL_TIMEOUT_S)
+            weights = weight_transport(config, WeightStore.remote(), CALL_TIMEOUT_S)
             log.info(
                 "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",
                 config.learner.num_ranks,
@@ -189,6 +194,7 @@ class Job:
                 ControllerRefill(controller),
                 cpus_per_rank=config.learner.cpus_per_rank,
                 call_timeout_s=CALL_TIMEOUT_S,
+                gpus_per_rank=config.learner.gpus_per_rank,
             )
             step = version = 0
             latest = latest_checkpoint(self.output_dir / "checkpoints")
@@ -209,6 +215,8 @@ class Job:
                 controller,
                 cpus_per_worker=config.rollout.cpus_per_worker,
                 restart_budget=config.rollout.max_worker_restarts,
+                gpus_per_worker=config.rollout.gpus_per_worker,
+                engine_world_size=config.rollout.vllm.tensor_parallel_size,
             )
             fleet.scale_to(config.rollout.num_workers)
             writer = MetricsWriter(self.output_dir, tensorboard=config.output.tensorboard)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from relayrl.actors.agent_loop import AgentSettings
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.rollout_worker import WorkerSettings
+from relayrl.actors.vllm_settings import VLLMSettings
+from relayrl.cluster.nccl_weights import NcclPushWeights
+from relayrl.cluster.weight_store import ObjectStoreWeights
 from relayrl.config import JobConfig
 from relayrl.learner.deepspeed_learner import LearnerSettings
 
@@ -41,12 +47,44 @@ def learner_settings(config: JobConfig, model_path: str, output_dir: Path) -> Le
     )
 
 
+def weight_transport(
+    config: JobConfig, store: Any, call_timeout_s: float
+) -> ObjectStoreWeights | NcclPushWeights:
+    """The publisher/subscriber pair `rollout.weight_transport` names, over `store`."""
+    if config.rollout.weight_transport == "nccl":
+        vc = config.rollout.vllm
+        return NcclPushWeights(
+            store,
+            bucket_bytes=vc.weight_bucket_mib << 20,
+            timeout_s=vc.weight_sync_timeout_s,
+            call_timeout_s=call_timeout_s,
+        )
+    return ObjectStoreWeights(store, timeout_s=call_timeout_s)
+
+
+def vllm_settings(config: JobConfig, model_path: str) -> VLLMSettings:
+    vc = config.rollout.vllm
+    return VLLMSettings(
+        model=model_path,
+        dtype=config.model.dtype,
+        tensor_parallel_size=vc.tensor_parallel_size,
+        gpu_memory_utilization=vc.gpu_memory_utilization,
+        max_model_len=vc.max_model_len,
+        seed=config.trainer.seed,
+        weight_transport="nccl" if config.rollout.weight_transport == "nccl" else "shared_memory",
+        cpu_kv_cache_bytes=int(vc.cpu_kv_cache_gib * (1 << 30)),
+        weight_bucket_bytes=vc.weight_bucket_mib << 20,
+        weight_sync_timeout_s=vc.weight_sync_timeout_s,
+    )
+
+
 def worker_settings_factory(
     config: JobConfig, model_path: str, start_step: int
 ) -> Callable[[str], WorkerSettings]:
     sampling = config.rollout.sampling
     # A resumed job draws new tasks instead of replaying the ones it drew before the crash.
     seed = config.trainer.seed + 7919 * start_step
+    vllm = vllm_settings(config, model_path) if config.rollout.engine == "vllm" else None
 
     def make(worker_id: str) -> WorkerSettings:
         return WorkerSettings(
@@ -66,6 +104,13 @@ def worker_settings_factory(
             agent=AgentSettings(**config.rollout.agent.model_dump()),
             weight_update=config.rollout.weight_update,
             seed=seed,
+            # Each engine its own sampling stream, so two workers never draw the same samples.
+            vllm=replace(vllm, seed=(seed + zlib.crc32(worker_id.encode())) % 2**31)
+            if vllm
+            else None,
+            # A joining worker waits at most one learner step plus the push itself.
+            weight_wait_s=config.learner.batch_timeout_s
+            + config.rollout.vllm.weight_sync_timeout_s,
         )
 
     return make

@@ -39,10 +39,11 @@ class LearnerGroup:
         refill: SampleRefill,
         cpus_per_rank: float,
         call_timeout_s: float,
+        gpus_per_rank: int = 0,
     ) -> None:
         self.call_timeout_s = call_timeout_s
         self.ranks = [
-            LearnerActor.options(num_cpus=cpus_per_rank).remote(
+            LearnerActor.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank).remote(
                 replace(settings, rank=rank),
                 consumer if rank == 0 else None,
                 publisher if rank == 0 else None,

@@ -41,6 +41,8 @@ class RolloutFleet:
         controller: Any,
         cpus_per_worker: float,
         restart_budget: int,
+        gpus_per_worker: float = 0,
+        engine_world_size: int = 1,
     ) -> None:
         self._make_settings = make_settings
         self._producer = producer
@@ -48,6 +50,8 @@ class RolloutFleet:
         self._gate = gate
         self._controller = controller
         self._cpus = cpus_per_worker
+        self._gpus = gpus_per_worker
+        self._engine_world_size = engine_world_size
         self._restart_budget = restart_budget
         self._members: dict[str, _Member] = {}
         self._serial = 0
@@ -64,9 +68,12 @@ class RolloutFleet:
     def add(self) -> str:
         worker_id = f"worker-{self._serial}"
         self._serial += 1
-        handle = RemoteRolloutWorker.options(num_cpus=self._cpus, name=None).remote(
-            self._make_settings(worker_id), self._producer, self._weights, self._gate
-        )
+        handle = RemoteRolloutWorker.options(
+            num_cpus=self._cpus, num_gpus=self._gpus, name=None
+        ).remote(self._make_settings(worker_id), self._producer, self._weights, self._gate)
+        # A push transport starts sending to the engine once it is built (calls queue until
+        # the actor's constructor returns); pull transports ignore this.
+        self._weights.attach(worker_id, handle, self._engine_world_size)
         self._members[worker_id] = _Member(worker_id, handle, handle.run.remote())
         return worker_id
 
@@ -78,6 +85,7 @@ class RolloutFleet:
 
     def remove(self, worker_id: str) -> None:
         member = self._members.pop(worker_id)
+        self._weights.detach(worker_id)
         ray.kill(member.handle, no_restart=True)
         lost = ray.get(self._controller.forget_worker.remote(worker_id))
         log.info("removed %s (%d admitted samples released)", worker_id, lost)
@@ -98,6 +106,7 @@ class RolloutFleet:
             except (RayActorError, RayTaskError) as exc:
                 cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
             self._members.pop(member.worker_id)
+            self._weights.detach(member.worker_id)
             ray.get(self._controller.forget_worker.remote(member.worker_id))
             if self.restarts >= self._restart_budget:
                 raise FleetDeadError(

@@ -1,7 +1,9 @@
 """Versioned weights through the Ray object store (the CPU weight path of DESIGN.md).
 
 The learner publishes each version once; the store actor keeps its own copy, so workers can
-pull the current version even after the learner that produced it has died.
+pull the current version even after the learner that produced it has died. Under a push
+transport (NCCL) the store keeps only the version's metadata and the roster of engines the
+learner sends to.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -44,17 +48,31 @@ def from_wire(wire: WireState) -> dict[str, torch.Tensor]:
     return state
 
 
+@dataclass(frozen=True)
+class EngineMember:
+    """One registered engine; `joined` rises on every registration, so a worker that
+    re-registers (a restarted engine) is a new member the transport must set up again."""
+
+    worker_id: str
+    joined: int
+    receiver: Any
+    world_size: int
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class WeightStore:
     def __init__(self) -> None:
-        self._latest: tuple[WeightVersion, ray.ObjectRef] | None = None
+        self._latest: tuple[WeightVersion, ray.ObjectRef | None] | None = None
+        self._engines: dict[str, EngineMember] = {}
+        self._registrations = 0
 
-    def put(self, info: WeightVersion, wire: WireState) -> None:
+    def put(self, info: WeightVersion, wire: WireState | None) -> None:
+        """Record a version; `wire` None keeps metadata only (the tensors are pushed)."""
         if self._latest is not None and info.version <= self._latest[0].version:
             raise ValueError(
                 f"weight version {info.version} is not newer than {self._latest[0].version}"
             )
-        self._latest = (info, ray.put(wire))
+        self._latest = (info, None if wire is None else ray.put(wire))
 
     def latest(self) -> WeightVersion | None:
         return self._latest[0] if self._latest else None
@@ -63,12 +81,32 @@ class WeightStore:
         if self._latest is None or self._latest[0].version <= newer_than:
             return None
         info, ref = self._latest
+        if ref is None:
+            return None
         # Wrapped in a list so Ray hands back the reference instead of inlining the tensors.
         return info, [ref]
+
+    def register_engine(self, worker_id: str, receiver: Any, world_size: int) -> int:
+        self._registrations += 1
+        self._engines[worker_id] = EngineMember(
+            worker_id, self._registrations, receiver, world_size
+        )
+        return self._registrations
+
+    def unregister_engine(self, worker_id: str, joined: int | None = None) -> None:
+        """Drop a worker's engine; with `joined`, only that registration of it."""
+        member = self._engines.get(worker_id)
+        if member is not None and joined in (None, member.joined):
+            del self._engines[worker_id]
+
+    def engines(self) -> list[EngineMember]:
+        return list(self._engines.values())
 
 
 class ObjectStoreWeights:
     """WeightPublisher and WeightSubscriber over a WeightStore actor."""
+
+    pushes = False
 
     def __init__(
         self, store: ray.actor.ActorHandle, timeout_s: float = 300.0, verify: bool = True
@@ -85,6 +123,15 @@ class ObjectStoreWeights:
 
     def latest(self) -> WeightVersion | None:
         return ray.get(self._store.latest.remote(), timeout=self._timeout_s)
+
+    def serve_joins(self) -> None:
+        """Nothing to do: workers pull."""
+
+    def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
+        """Nothing to do: workers pull."""
+
+    def detach(self, worker_id: str) -> None:
+        """Nothing to do: workers pull."""
 
     def fetch(self, newer_than: int) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
         found = ray.get(self._store.get.remote(newer_than), timeout=self._timeout_s)

@@ -55,6 +55,17 @@ class PaddedBatch:
     versions: torch.Tensor  # [B, T] int64, -1 off the loss mask
     rows: slice  # which sequences of the whole batch these are
 
+    def to(self, device: torch.device) -> PaddedBatch:
+        """The same batch on the engine's device (a no-op on CPU)."""
+        return PaddedBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            loss_mask=self.loss_mask.to(device),
+            old_logprobs=self.old_logprobs.to(device),
+            versions=self.versions.to(device),
+            rows=self.rows,
+        )
+
 
 def pad_rows(trajectories: list[Trajectory], rows: slice, pad_id: int) -> PaddedBatch:
     chosen = trajectories[rows]

@@ -99,6 +99,7 @@ class DeepSpeedLearner:
                 settings.read_block_ms,
                 group_filter,
                 refill,
+                on_idle=publisher.serve_joins if publisher is not None else None,
             )
             if consumer is not None
             else None
@@ -114,7 +115,8 @@ class DeepSpeedLearner:
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group and build the engine; every rank calls this concurrently."""
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = torch.cuda.is_available()
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -125,10 +127,13 @@ class DeepSpeedLearner:
             MASTER_ADDR=master_addr,
             MASTER_PORT=str(master_port),
             RANK=str(s.rank),
-            LOCAL_RANK=str(s.rank),
+            # Ray shows each GPU rank only its own device, as cuda:0.
+            LOCAL_RANK="0" if on_gpu else str(s.rank),
             WORLD_SIZE=str(s.world_size),
         )
-        deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+        if on_gpu:
+            torch.cuda.set_device(0)
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
         model = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=torch.float32)
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable()

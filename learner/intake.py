@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class BatchIntake:
         read_block_ms: int,
         group_filter: ZeroVarianceFilter | None = None,
         refill: SampleRefill | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.group_size = group_size
@@ -64,6 +66,8 @@ class BatchIntake:
         self.read_block_ms = read_block_ms
         self.group_filter = group_filter
         self.refill = refill
+        # Called before each blocking read, while the weights are not changing.
+        self.on_idle = on_idle
         self.assembler = GroupAssembler(group_size)
         self.seen_ids: set[str] = set()  # trained or discarded, committed or not
         self.uncommitted: list[StepRecord] = []
@@ -105,6 +109,8 @@ class BatchIntake:
                         f"{self.assembler.complete_groups()} complete groups of {self.group_size}, "
                         f"{len(self._discards)} discarded since the last step"
                     )
+                if self.on_idle is not None:
+                    self.on_idle()
                 self._admit(
                     self.consumer.read(self.prompts_per_step * self.group_size, self.read_block_ms)
                 )

@@ -47,10 +47,13 @@ class OffPolicyCorrection:
         if not on_mask.any():
             return
         values = raw[on_mask].double()
+        # Statistics stay on the CPU whatever device the micro-batch trained on.
         self._totals += torch.stack(
             [values.sum(), values.new_tensor(values.numel()), corrected[on_mask].double().sum()]
+        ).cpu()
+        self._extremes = torch.maximum(
+            self._extremes, torch.stack([values.max(), -values.min()]).cpu()
         )
-        self._extremes = torch.maximum(self._extremes, torch.stack([values.max(), -values.min()]))
 
     def metrics(self) -> dict[str, float]:
         """The step's weight statistics over every rank's tokens; every rank calls this."""

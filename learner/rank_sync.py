@@ -11,19 +11,24 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _all_reduce(values: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
+    """A reduced copy on the input's device; NCCL groups reduce on the GPU, gloo anywhere."""
+    result = values.detach().clone()
+    if not _distributed():
+        return result
+    on_gpu = dist.get_backend() == "nccl"
+    moved = result.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else result
+    dist.all_reduce(moved, op=op)
+    return moved.to(values.device)
+
+
 def sum_over_ranks(values: Tensor) -> Tensor:
     """Element-wise sum of `values` over ranks (a reduced copy; the input is left alone)."""
-    total = values.detach().clone()
-    if _distributed():
-        dist.all_reduce(total)
-    return total
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def max_over_ranks(values: Tensor) -> Tensor:
-    largest = values.detach().clone()
-    if _distributed():
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    return largest
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def merge_rows(own_rows: Tensor) -> Tensor:

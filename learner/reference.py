@@ -33,5 +33,6 @@ class ReferenceModel:
     def logprobs(self, batch: PaddedBatch) -> Tensor:
         """[B, T] reference log-probs of the batch's tokens, at the sampling temperature like
         the behaviour log-probs they are compared with."""
+        batch = batch.to(self.engine.device)
         logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return token_logprobs(logits, batch.input_ids, self.temperature).float()

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
     from relayrl.learner.deepspeed_learner import LearnerSettings
 
 
-def _rows(scores: dict[str, Tensor], name: str, rows: slice, width: int) -> Tensor | None:
-    return scores[name][rows, :width] if name in scores else None
+def _rows(
+    scores: dict[str, Tensor], name: str, rows: slice, width: int, device: torch.device
+) -> Tensor | None:
+    """A micro-batch's slice of a whole-batch score (kept on the CPU), on `device`."""
+    return scores[name][rows, :width].to(device) if name in scores else None
 
 
 class PolicyUpdate:
@@ -48,6 +51,7 @@ class PolicyUpdate:
     def policy_logprobs(self, batch: PaddedBatch) -> Tensor:
         """The policy's log-probs before the update: the proximal policy of decoupled PPO."""
         self.engine.eval()
+        batch = batch.to(self.engine.device)
         logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return token_logprobs(logits, batch.input_ids, self.settings.temperature)
 
@@ -67,7 +71,7 @@ class PolicyUpdate:
         loss_total = torch.zeros(1, dtype=torch.float64)
         self.engine.train()
         for index, micro in enumerate(plan):
-            tensors = micro_batch_tensors(trajectories, micro, self.pad_id)
+            tensors = micro_batch_tensors(trajectories, micro, self.pad_id).to(self.engine.device)
             boundary = index == len(plan) - 1
             out = self._policy_pass(tensors, micro.rows, scores, estimate, normalizer, boundary)
             tokens = float(tensors.loss_mask.sum())
@@ -111,15 +115,16 @@ class PolicyUpdate:
             input_ids=tensors.input_ids, attention_mask=tensors.attention_mask
         ).logits
         logprobs = token_logprobs(logits, tensors.input_ids, s.temperature)
+        device = logprobs.device
         old_logprobs, weights = self.off_policy.ratio_inputs(
-            logprobs, tensors, _rows(scores, PROXIMAL, rows, width)
+            logprobs, tensors, _rows(scores, PROXIMAL, rows, width, device)
         )
         inputs = LossInputs(
             logprobs=logprobs,
             loss_mask=tensors.loss_mask,
             old_logprobs=old_logprobs,
-            advantages=estimate.advantages[rows, :width],
-            ref_logprobs=_rows(scores, REFERENCE, rows, width),
+            advantages=estimate.advantages[rows, :width].to(device),
+            ref_logprobs=_rows(scores, REFERENCE, rows, width, device),
             entropy=token_entropy(logits, s.temperature) if s.algorithm.entropy else None,
             importance_weights=weights,
         )

@@ -48,6 +48,7 @@ class ValueModel:
     def _values(self, batch: PaddedBatch) -> Tensor:
         """[B, T]: position t holds V(tokens[:t]), the head's output at t - 1 (0 at t = 0),
         aligned like log-probs: the value of the state each token was sampled in."""
+        batch = batch.to(self.engine.device)
         head = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         head = head[..., 0].float()
         return torch.cat([torch.zeros_like(head[:, :1]), head[:, :-1]], dim=1)
@@ -71,12 +72,13 @@ class ValueModel:
         """Forward and backward one micro-batch; gradients are reduced at the boundary."""
         self.engine.set_gradient_accumulation_boundary(boundary)
         values = self._values(batch)
+        device = values.device
         inputs = LossInputs(
             logprobs=torch.zeros_like(values),  # the value loss reads no log-probs
-            loss_mask=batch.loss_mask,
+            loss_mask=batch.loss_mask.to(device),
             values=values,
-            old_values=old_values,
-            returns=returns,
+            old_values=old_values.to(device),
+            returns=returns.to(device),
         )
         out = self.loss(inputs, normalizer)
         # DeepSpeed averages gradients over ranks; the normalizer already spans them all.

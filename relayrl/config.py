@@ -38,17 +38,38 @@ class AgentConfig(Section):
     observation_role: Literal["user", "tool"] = "user"
 
 
+class VLLMConfig(Section):
+    """The vLLM engine of each rollout worker (`rollout.engine: vllm`)."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
+    # CPU build only: KV-cache size per engine.
+    cpu_kv_cache_gib: float = Field(1.0, gt=0)
+    # Weights are staged (shared memory) or broadcast (NCCL) in buckets of this size.
+    weight_bucket_mib: int = Field(256, ge=1)
+    # Bound on every weight-sync call (pause, load, rendezvous, broadcast, resume).
+    weight_sync_timeout_s: float = Field(600.0, gt=0)
+
+
 class RolloutConfig(Section):
     engine: Literal["transformers", "vllm"] = "transformers"
+    vllm: VLLMConfig = VLLMConfig()
     num_workers: int = Field(2, ge=1)
     group_size: int = Field(8, ge=1)
     sampling: SamplingConfig = SamplingConfig()
     agent: AgentConfig = AgentConfig()
     cpus_per_worker: float = Field(0.5, gt=0)
+    # GPUs Ray reserves for each worker; a vLLM worker needs tensor_parallel_size of them.
+    gpus_per_worker: float = Field(0, ge=0)
     torch_threads: int = Field(1, ge=1)
     # When new weights are published mid-generation: "finish" lets in-flight samples end on
     # the old weights; "interrupt" stops them at the next token and continues on the new ones.
     weight_update: Literal["finish", "interrupt"] = "finish"
+    # How published weights reach the workers: each worker pulls them from Ray's object
+    # store ("object_store", CPU or GPU), or learner rank 0 broadcasts them into every vLLM
+    # engine over NCCL ("nccl", GPU learner and GPU vLLM workers).
+    weight_transport: Literal["object_store", "nccl"] = "object_store"
     # Restarts Ray grants a crashed worker before the job reports it dead.
     max_worker_restarts: int = Field(3, ge=0)
 
@@ -75,6 +96,8 @@ class BufferConfig(Section):
 class LearnerConfig(Section):
     num_ranks: int = Field(1, ge=1)
     cpus_per_rank: float = Field(1.0, gt=0)
+    # 0 trains on CPU (gloo); 1 gives each rank a GPU (NCCL).
+    gpus_per_rank: Literal[0, 1] = 0
     torch_threads: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 2
     lr: float = Field(1e-5, gt=0)
@@ -130,6 +153,40 @@ class JobConfig(Section):
                 f"buffer.maxlen {self.buffer.maxlen} is below 4x the largest backlog "
                 f"({backlog} trajectories); raise it or the stream may trim unread entries"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_placement_is_consistent(self) -> JobConfig:
+        rollout = self.rollout
+        tp = rollout.vllm.tensor_parallel_size
+        if rollout.gpus_per_worker and rollout.engine == "transformers":
+            raise ValueError(
+                "rollout.gpus_per_worker: the transformers engine samples on CPU; "
+                "use rollout.engine: vllm on GPUs"
+            )
+        if rollout.gpus_per_worker and rollout.engine == "vllm" and rollout.gpus_per_worker < tp:
+            raise ValueError(
+                f"rollout.gpus_per_worker {rollout.gpus_per_worker} is below "
+                f"rollout.vllm.tensor_parallel_size {tp}"
+            )
+        if rollout.weight_transport == "nccl":
+            missing = [
+                reason
+                for reason, broken in (
+                    ("rollout.engine: vllm", rollout.engine != "vllm"),
+                    ("rollout.gpus_per_worker >= 1", rollout.gpus_per_worker < 1),
+                    ("learner.gpus_per_rank: 1", self.learner.gpus_per_rank != 1),
+                    # Pushed weights land in running engines, mid-generation.
+                    ("rollout.weight_update: interrupt", rollout.weight_update != "interrupt"),
+                )
+                if broken
+            ]
+            if missing:
+                raise ValueError(
+                    "rollout.weight_transport nccl needs "
+                    + ", ".join(missing)
+                    + "; use object_store otherwise"
+                )
         return self
 
     @property

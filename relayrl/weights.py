@@ -1,11 +1,12 @@
-"""The weight-transport seam: the learner publishes each policy version once, workers pull."""
+"""The weight-transport seam: the learner publishes each policy version once; workers pull
+it, or (a push transport such as NCCL) the learner delivers it into their engines."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -21,14 +22,31 @@ class WeightVersion:
 class WeightPublisher(Protocol):
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion: ...
 
+    def serve_joins(self) -> None:
+        """Bring engines that joined since the last publish up to the current version.
+        Called while the learner waits for data, when its weights are not changing."""
+        ...
+
 
 class WeightSubscriber(Protocol):
+    # True when the learner delivers versions into the engines (workers wait, never fetch).
+    pushes: bool
+
     def latest(self) -> WeightVersion | None:
         """Metadata of the newest published version, without its tensors."""
         ...
 
     def fetch(self, newer_than: int) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
-        """The newest version if it is newer than `newer_than`, checksum verified."""
+        """The newest version if it is newer than `newer_than`, checksum verified; always
+        None from a push transport, which delivers versions into the engine itself."""
+        ...
+
+    def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
+        """Register a worker's engine (`receiver`: its actor) with a push transport."""
+        ...
+
+    def detach(self, worker_id: str) -> None:
+        """The worker left; a push transport stops sending to it."""
         ...
 
 

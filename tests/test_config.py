@@ -80,3 +80,30 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
 def test_buffer_too_small_for_backlog_is_rejected() -> None:
     with pytest.raises(ConfigError, match=r"buffer: .*maxlen|maxlen"):
         load_config(None, ["buffer.maxlen=1000", "trainer.prompts_per_step=500"])
+
+
+NCCL_READY = [
+    "rollout.engine=vllm",
+    "rollout.gpus_per_worker=2",
+    "rollout.vllm.tensor_parallel_size=2",
+    "rollout.weight_update=interrupt",
+    "rollout.weight_transport=nccl",
+    "learner.gpus_per_rank=1",
+]
+
+
+def test_gpu_placement_and_weight_transport_are_checked_together() -> None:
+    config = load_config(None, NCCL_READY)
+    assert config.rollout.vllm.tensor_parallel_size == 2
+    with pytest.raises(ConfigError, match=r"nccl needs learner\.gpus_per_rank: 1;"):
+        load_config(None, [*NCCL_READY, "learner.gpus_per_rank=0"])
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["rollout.weight_transport=nccl"])
+    for needed in ("rollout.engine: vllm", "gpus_per_worker", "gpus_per_rank", "interrupt"):
+        assert needed in str(refused.value)
+    with pytest.raises(ConfigError, match=r"below rollout\.vllm\.tensor_parallel_size 2"):
+        load_config(None, [*NCCL_READY, "rollout.gpus_per_worker=1"])
+    with pytest.raises(ConfigError, match="transformers engine samples on CPU"):
+        load_config(None, ["rollout.gpus_per_worker=1"])
+    with pytest.raises(ConfigError, match=r"rollout\.vllm\.tp: unknown field"):
+        load_config(None, ["rollout.vllm.tp=2"])

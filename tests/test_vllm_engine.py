@@ -259,7 +259,7 @@ def test_a_failed_update_aborts_waiting_requests_and_refuses_new_ones(
 
 
 def test_nccl_sender_checks_versions_and_bounds_every_wait() -> None:
-    from relayrl.actors.vllm_weight_sync.nccl_sender import (
+    from relayrl.cluster.nccl_sender import (
         PublishedStateSource,
         WeightSyncTimeout,
         _VersionedClient,
@@ -296,7 +296,7 @@ def test_nccl_sender_checks_versions_and_bounds_every_wait() -> None:
 def test_nccl_weight_transfer_loads_the_broadcast_weights(
     tiny_model_path: str, reference_model: torch.nn.Module, prompt: list[int]
 ) -> None:
-    from relayrl.actors.vllm_weight_sync.nccl_sender import NcclWeightSender
+    from relayrl.cluster.nccl_sender import NcclWeightSender
 
     loop = EngineLoop()
     settings = VLLMSettings(

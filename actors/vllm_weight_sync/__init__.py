@@ -2,5 +2,6 @@
 
 CPU path (also single-node GPU): `shm_buckets` stages a state dict as safetensors files in
 /dev/shm, `worker_extension` reloads them in place inside each vLLM worker.
-GPU path: `nccl_sender` broadcasts from the learner with vLLM's weight-transfer API.
+GPU path: the engine joins the learner's NCCL group (`VLLMEngine.init_weight_transfer` and
+friends); the sending side is `relayrl.cluster.nccl_sender`.
 """

@@ -1,0 +1,198 @@
+"""The NCCL weight transport: learner rank 0 pushes each version into every vLLM engine.
+
+Each engine has its own NCCL group with rank 0 (see `nccl_sender`), so the roster can change
+between versions without a global group to rebuild: a joining engine gets a group and the
+current version while the learner waits for data (`serve_joins`), a departed one has its group
+closed, and one whose send fails or times out is dropped from the roster (its worker fails
+and is replaced, and the replacement registers afresh). The weight store keeps the roster and
+each version's metadata; workers only wait until their engine holds the announced version.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Protocol
+
+import ray
+import torch
+
+from relayrl.cluster.weight_store import EngineMember
+from relayrl.weights import WeightVersion
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    def send(self, state: Mapping[str, torch.Tensor], version: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+SenderFactory = Callable[[EngineMember, Mapping[str, torch.Tensor]], Sender]
+
+
+def device_fingerprint(state: Mapping[str, torch.Tensor]) -> tuple[str, int]:
+    """A checksum that never copies weights off their device: crc32 over names, dtypes,
+    shapes and each tensor's float64 sum and sum of squares."""
+    crc = 0
+    total = 0
+    for name in sorted(state):
+        tensor = state[name].detach()
+        wide = tensor.double()
+        sums = f"{wide.sum().item():.17g}|{wide.square().sum().item():.17g}"
+        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{sums}".encode(), crc)
+        total += tensor.numel() * tensor.element_size()
+    return f"{crc:08x}", total
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def nccl_sender(
+    member: EngineMember,
+    state: Mapping[str, torch.Tensor],
+    *,
+    bucket_bytes: int,
+    timeout_s: float,
+) -> Sender:
+    """A group between this process's GPU and one engine, rendezvoused on this node."""
+    from relayrl.cluster.nccl_sender import NcclWeightSender, RayEngineReceiver
+
+    return NcclWeightSender(
+        RayEngineReceiver(member.receiver, timeout_s),
+        state,
+        master_address=ray.util.get_node_ip_address(),
+        master_port=_free_port(),
+        engine_world_size=member.world_size,
+        bucket_bytes=bucket_bytes,
+        timeout_s=timeout_s,
+        device=torch.device("cuda", torch.cuda.current_device()),
+    )
+
+
+class NcclPushWeights:
+    """WeightPublisher (learner rank 0) and WeightSubscriber (workers) of the push path."""
+
+    pushes = True
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        bucket_bytes: int,
+        timeout_s: float,
+        call_timeout_s: float = 300.0,
+        sender_factory: SenderFactory | None = None,
+    ) -> None:
+        self._store = store
+        self._call_timeout_s = call_timeout_s
+        self._make_sender = sender_factory or partial(
+            nccl_sender, bucket_bytes=bucket_bytes, timeout_s=timeout_s
+        )
+        # Learner side only, built up after unpickling in the learner process.
+        self._senders: dict[str, tuple[EngineMember, Sender]] = {}
+        self._current: tuple[WeightVersion, Mapping[str, torch.Tensor]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Groups and weights never travel: each process starts with none.
+        return {**self.__dict__, "_senders": {}, "_current": None}
+
+    # ---- learner side -------------------------------------------------------------------
+
+    def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion:
+        digest, num_bytes = device_fingerprint(state)
+        info = WeightVersion(version, time.time(), digest, num_bytes)
+        self._current = (info, state)
+        self._deliver(self._reconcile(), info, state)
+        # Announced after delivery: a worker that sees the version already holds it, or
+        # (joined since) gets it from serve_joins.
+        ray.get(self._store.put.remote(info, None), timeout=self._call_timeout_s)
+        return info
+
+    def serve_joins(self) -> None:
+        if self._current is None:
+            return
+        info, state = self._current
+        roster = self._reconcile()
+        joined = [member for member in roster if member.worker_id not in self._senders]
+        if joined:
+            self._deliver(joined, info, state)
+
+    def members(self) -> list[str]:
+        """Workers this learner currently sends to (for reports and tests)."""
+        return sorted(self._senders)
+
+    def _reconcile(self) -> list[EngineMember]:
+        """The roster, with the groups of engines that left (or re-registered) closed."""
+        roster = ray.get(self._store.engines.remote(), timeout=self._call_timeout_s)
+        current = {member.worker_id: member for member in roster}
+        for worker_id, (member, sender) in list(self._senders.items()):
+            if current.get(worker_id) != member:
+                self._close(worker_id, sender, "left the roster")
+        return roster
+
+    def _deliver(
+        self, members: list[EngineMember], info: WeightVersion, state: Mapping[str, torch.Tensor]
+    ) -> None:
+        for member in members:
+            started = time.perf_counter()
+            try:
+                sender = self._sender_for(member, state)
+                sender.send(state, info.version)
+            except Exception as error:
+                self._drop(member, f"{type(error).__name__}: {error}")
+                continue
+            log.info(
+                "weights v%d -> %s in %.2fs",
+                info.version,
+                member.worker_id,
+                time.perf_counter() - started,
+            )
+
+    def _sender_for(self, member: EngineMember, state: Mapping[str, torch.Tensor]) -> Sender:
+        if member.worker_id not in self._senders:
+            self._senders[member.worker_id] = (member, self._make_sender(member, state))
+        return self._senders[member.worker_id][1]
+
+    def _drop(self, member: EngineMember, cause: str) -> None:
+        log.warning("weight push to %s failed, dropping it: %s", member.worker_id, cause)
+        entry = self._senders.pop(member.worker_id, None)
+        if entry is not None:
+            self._close(member.worker_id, entry[1], "failed", forget=False)
+        ray.get(
+            self._store.unregister_engine.remote(member.worker_id, member.joined),
+            timeout=self._call_timeout_s,
+        )
+
+    def _close(self, worker_id: str, sender: Sender, why: str, forget: bool = True) -> None:
+        if forget:
+            self._senders.pop(worker_id, None)
+        try:
+            sender.close()
+        except Exception as error:
+            log.warning("closing the weight group of %s (%s): %s", worker_id, why, error)
+
+    # ---- worker side --------------------------------------------------------------------
+
+    def latest(self) -> WeightVersion | None:
+        return ray.get(self._store.latest.remote(), timeout=self._call_timeout_s)
+
+    def fetch(self, newer_than: int) -> None:
+        return None
+
+    def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
+        ray.get(
+            self._store.register_engine.remote(worker_id, receiver, engine_world_size),
+            timeout=self._call_timeout_s,
+        )
+
+    def detach(self, worker_id: str) -> None:
+        ray.get(self._store.unregister_engine.remote(worker_id), timeout=self._call_timeout_s)

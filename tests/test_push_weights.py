@@ -1,0 +1,191 @@
+"""The push weight transport's roster logic (cluster/nccl_weights.py) on a real Ray weight
+store: who gets which version, joins served between steps, leavers and failures dropped, and
+a worker that waits for the announced version before it generates.
+
+NCCL itself needs GPUs; here a recording sender stands in for the broadcast (the real one is
+exercised by the gpu-marked test in test_vllm_engine.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+import ray
+import torch
+
+from relayrl.actors.engine import SamplingSettings
+from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout, WorkerSettings
+from relayrl.cluster.nccl_weights import NcclPushWeights, device_fingerprint
+from relayrl.cluster.ray_runtime import ray_session
+from relayrl.cluster.weight_store import EngineMember, WeightStore
+
+STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    with ray_session(2):
+        yield
+
+
+class RecordingSenders:
+    """Sender factory: each sender logs (worker, version) and fails when told to."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+        self.opened: list[tuple[str, int]] = []
+        self.closed: list[str] = []
+        self.failing: set[str] = set()
+        self.on_send: Any = None
+
+    def __call__(self, member: EngineMember, state: Mapping[str, torch.Tensor]) -> Any:
+        self.opened.append((member.worker_id, member.joined))
+        senders = self
+
+        class Sender:
+            def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+                if member.worker_id in senders.failing:
+                    raise TimeoutError("NCCL weight sync took over 1 s")
+                senders.sent.append((member.worker_id, version))
+                if senders.on_send is not None:
+                    senders.on_send(state, version)
+
+            def close(self) -> None:
+                senders.closed.append(member.worker_id)
+
+        return Sender()
+
+    def take(self) -> list[tuple[str, int]]:
+        sent, self.sent = self.sent, []
+        return sorted(sent)
+
+
+def push_weights(senders: RecordingSenders) -> tuple[NcclPushWeights, Any]:
+    store = WeightStore.remote()
+    weights = NcclPushWeights(store, bucket_bytes=1 << 20, timeout_s=1, sender_factory=senders)
+    return weights, store
+
+
+def test_versions_reach_current_members_and_joins_between_steps(ray_instance: None) -> None:
+    senders = RecordingSenders()
+    weights, _ = push_weights(senders)
+
+    info = weights.publish(0, STATE)
+    assert weights.latest() == info and weights.fetch(-1) is None
+    assert info.checksum == device_fingerprint(STATE)[0] and info.num_bytes == 36
+    assert senders.take() == []
+
+    weights.attach("a", "receiver-a", 1)
+    weights.serve_joins()
+    assert senders.take() == [("a", 0)]
+    weights.serve_joins()
+    assert senders.take() == [], "a member already holding the version gets nothing"
+
+    weights.publish(1, STATE)
+    weights.attach("b", "receiver-b", 2)
+    weights.serve_joins()
+    assert senders.take() == [("a", 1), ("b", 1)]
+    assert weights.members() == ["a", "b"]
+
+    weights.detach("a")
+    weights.publish(2, STATE)
+    assert senders.take() == [("b", 2)]
+    assert senders.closed == ["a"]
+
+
+def test_a_restarted_engine_gets_a_new_group(ray_instance: None) -> None:
+    senders = RecordingSenders()
+    weights, _ = push_weights(senders)
+    weights.attach("a", "receiver-a", 1)
+    weights.publish(1, STATE)
+    weights.attach("a", "receiver-a-restarted", 1)
+    weights.serve_joins()
+    assert senders.take() == [("a", 1), ("a", 1)]
+    assert [worker for worker, _ in senders.opened] == ["a", "a"]
+    assert senders.opened[0][1] < senders.opened[1][1]
+    assert senders.closed == ["a"]
+
+
+def test_a_failed_push_drops_that_engine_only(ray_instance: None) -> None:
+    senders = RecordingSenders()
+    weights, store = push_weights(senders)
+    for worker in ("a", "b", "c"):
+        weights.attach(worker, f"receiver-{worker}", 1)
+    senders.failing.add("b")
+
+    info = weights.publish(5, STATE)
+
+    assert senders.take() == [("a", 5), ("c", 5)]
+    assert senders.closed == ["b"]
+    assert sorted(m.worker_id for m in ray.get(store.engines.remote())) == ["a", "c"]
+    assert weights.latest() == info, "the version is announced even when one engine fails"
+    weights.publish(6, STATE)
+    assert senders.take() == [("a", 6), ("c", 6)]
+
+
+def test_what_travels_to_actors_carries_no_groups_or_weights(ray_instance: None) -> None:
+    senders = RecordingSenders()
+    weights, _ = push_weights(senders)
+    weights.attach("a", "receiver-a", 1)
+    weights.publish(1, STATE)
+    copy = pickle.loads(pickle.dumps(weights))
+    assert copy.members() == [] and copy.latest().version == 1
+    copy.serve_joins()
+    assert senders.take() == [("a", 1)], "the copy never published, so it sends nothing"
+
+
+def _worker(model_path: str, weights: NcclPushWeights, wait_s: float) -> RolloutWorker:
+    settings = WorkerSettings(
+        worker_id="w0",
+        model_path=model_path,
+        engine="transformers",
+        dtype="float32",
+        torch_threads=1,
+        group_size=2,
+        sampling=SamplingSettings(max_new_tokens=4),
+        env_name="arithmetic",
+        weight_wait_s=wait_s,
+    )
+    return RolloutWorker(settings, producer=None, weights=weights, gate=None)  # type: ignore[arg-type]
+
+
+def test_a_joining_worker_waits_for_the_pushed_version(
+    ray_instance: None, tiny_model_path: str
+) -> None:
+    senders = RecordingSenders()
+    weights, _ = push_weights(senders)
+    worker = _worker(tiny_model_path, weights, wait_s=120)
+    trained = {name: tensor + 0.5 for name, tensor in worker.engine._model.state_dict().items()}
+    weights.publish(3, trained)  # before the worker joined: nobody received it
+    loop = asyncio.new_event_loop()
+    senders.on_send = lambda state, version: asyncio.run_coroutine_threadsafe(
+        worker.engine.update_weights(state, version), loop
+    ).result(60)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        waiting = asyncio.run_coroutine_threadsafe(worker.sync_weights(), loop)
+        with pytest.raises(TimeoutError):
+            waiting.result(timeout=1.0)  # still waiting: the version was only announced
+        weights.attach("w0", "receiver-w0", 1)
+        weights.serve_joins()
+        assert waiting.result(timeout=60) == 3
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    loaded = worker.engine._model.state_dict()
+    assert all(torch.equal(loaded[name], trained[name]) for name in trained)
+
+
+def test_a_version_that_never_arrives_fails_the_worker_with_its_cause(
+    ray_instance: None, tiny_model_path: str
+) -> None:
+    weights, _ = push_weights(RecordingSenders())
+    worker = _worker(tiny_model_path, weights, wait_s=1.0)
+    weights.publish(2, STATE)
+    with pytest.raises(WeightWaitTimeout, match=r"w0: weights v2 were announced but not"):
+        asyncio.run(worker.sync_weights())
