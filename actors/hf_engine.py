@@ -49,7 +49,8 @@ class TransformersEngine:
         self._eos = eos_token_ids
         self._tokenizer = tokenizer
         self._version = 0
-        self._generator_seed = settings.seed
+        # Requests without a seed draw from the process's stream: start it per engine.
+        torch.manual_seed(settings.seed)
         # Generation and weight loading must not interleave on the same module.
         self._lock = threading.Lock()
         self._interrupted = threading.Event()

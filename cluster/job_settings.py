@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +102,7 @@ def worker_settings_factory(
             agent=AgentSettings(**config.rollout.agent.model_dump()),
             weight_update=config.rollout.weight_update,
             seed=seed,
-            # Each engine its own sampling stream, so two workers never draw the same samples.
-            vllm=replace(vllm, seed=(seed + zlib.crc32(worker_id.encode())) % 2**31)
-            if vllm
-            else None,
+            vllm=vllm,
             # A joining worker waits at most one learner step plus the push itself.
             weight_wait_s=config.learner.batch_timeout_s
             + config.rollout.vllm.weight_sync_timeout_s,

@@ -152,7 +152,8 @@ class NcclWeightSender:
         _within(self._timeout_s, self._device, self._engine.send_weights)
 
     def close(self) -> None:
-        self._engine.shutdown()
+        # Tearing down a group whose peer died can block like any collective.
+        _within(self._timeout_s, self._device, self._engine.shutdown)
 
 
 def _within(timeout_s: float, device: torch.device, call: Callable[[], _T]) -> _T:
