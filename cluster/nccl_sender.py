@@ -65,27 +65,31 @@ class RayEngineReceiver:
     """An `EngineReceiver` over a rollout-worker Ray actor that forwards the four calls to
     its `VLLMEngine`; each call is bounded by `timeout_s`."""
 
-    def __init__(self, actor: Any, timeout_s: float) -> None:
+    def __init__(self, actor: Any, timeout_s: float, name: str = "engine") -> None:
         self._actor = actor
         self._timeout_s = timeout_s
+        self._name = name
 
     def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
-        self._get(self._actor.init_weight_transfer.remote(init_info))
+        self._call("init_weight_transfer", init_info)
 
     def begin_weight_transfer(self) -> None:
-        self._get(self._actor.begin_weight_transfer.remote())
+        self._call("begin_weight_transfer")
 
     def receive_weight_chunk(self, update_info: dict[str, Any]) -> None:
-        self._get(self._actor.receive_weight_chunk.remote(update_info))
+        self._call("receive_weight_chunk", update_info)
 
     def finish_weight_transfer(self, version: int) -> None:
-        self._get(self._actor.finish_weight_transfer.remote(version))
+        self._call("finish_weight_transfer", version)
 
-    def _get(self, ref: ray.ObjectRef) -> None:
+    def _call(self, method: str, *args: Any) -> None:
+        ref = getattr(self._actor, method).remote(*args)
         try:
             ray.get(ref, timeout=self._timeout_s)
         except ray.exceptions.GetTimeoutError as error:
-            raise WeightSyncTimeout(f"engine call took over {self._timeout_s} s") from error
+            raise WeightSyncTimeout(
+                f"{self._name}.{method} took over {self._timeout_s} s"
+            ) from error
 
 
 class _VersionedClient:
@@ -141,6 +145,7 @@ class NcclWeightSender:
         self._engine = _within(
             timeout_s,
             device,
+            "NCCL rendezvous with the engine",
             lambda: WeightTransferTrainerFactory.trainer_init(
                 init_info, client=self._client, source=self._source
             ),
@@ -149,14 +154,15 @@ class NcclWeightSender:
     def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         self._source.replace(state)
         self._client.version = version
-        _within(self._timeout_s, self._device, self._engine.send_weights)
+        sending = f"NCCL send of v{version}"
+        _within(self._timeout_s, self._device, sending, self._engine.send_weights)
 
     def close(self) -> None:
         # Tearing down a group whose peer died can block like any collective.
-        _within(self._timeout_s, self._device, self._engine.shutdown)
+        _within(self._timeout_s, self._device, "NCCL group teardown", self._engine.shutdown)
 
 
-def _within(timeout_s: float, device: torch.device, call: Callable[[], _T]) -> _T:
+def _within(timeout_s: float, device: torch.device, what: str, call: Callable[[], _T]) -> _T:
     """Run `call` on a daemon thread: a hung NCCL call must not block interpreter exit."""
     future: Future[_T] = Future()
 
@@ -173,4 +179,4 @@ def _within(timeout_s: float, device: torch.device, call: Callable[[], _T]) -> _
     try:
         return future.result(timeout=timeout_s)
     except FutureTimeoutError as error:
-        raise WeightSyncTimeout(f"NCCL weight sync took over {timeout_s} s") from error
+        raise WeightSyncTimeout(f"{what} took over {timeout_s} s") from error

@@ -67,7 +67,7 @@ def nccl_sender(
     from relayrl.cluster.nccl_sender import NcclWeightSender, RayEngineReceiver
 
     return NcclWeightSender(
-        RayEngineReceiver(member.receiver, timeout_s),
+        RayEngineReceiver(member.receiver, timeout_s, name=member.worker_id),
         state,
         master_address=ray.util.get_node_ip_address(),
         master_port=_free_port(),

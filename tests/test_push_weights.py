@@ -189,3 +189,20 @@ def test_a_version_that_never_arrives_fails_the_worker_with_its_cause(
     weights.publish(2, STATE)
     with pytest.raises(WeightWaitTimeout, match=r"w0: weights v2 were announced but not"):
         asyncio.run(worker.sync_weights())
+
+
+@ray.remote(num_cpus=0)
+class StuckEngine:
+    async def begin_weight_transfer(self) -> None:
+        await asyncio.sleep(30)
+
+
+def test_an_engine_call_that_hangs_times_out_naming_the_worker_and_call(
+    ray_instance: None,
+) -> None:
+    pytest.importorskip("vllm")
+    from relayrl.cluster.nccl_sender import RayEngineReceiver, WeightSyncTimeout
+
+    receiver = RayEngineReceiver(StuckEngine.remote(), timeout_s=0.5, name="worker-3")
+    with pytest.raises(WeightSyncTimeout, match=r"worker-3\.begin_weight_transfer took over"):
+        receiver.begin_weight_transfer()

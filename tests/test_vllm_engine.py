@@ -287,8 +287,8 @@ def test_nccl_sender_checks_versions_and_bounds_every_wait() -> None:
         ("finish_weight_transfer", (7,)),
     ]
 
-    with pytest.raises(WeightSyncTimeout):
-        _within(0.2, torch.device("cpu"), lambda: time.sleep(5))
+    with pytest.raises(WeightSyncTimeout, match=r"NCCL send of v3 took over 0\.2 s"):
+        _within(0.2, torch.device("cpu"), "NCCL send of v3", lambda: time.sleep(5))
 
 
 @pytest.mark.gpu
