@@ -4,15 +4,13 @@ model, a user's Env class plugged in by `module:Class`, and each of the two roll
 from __future__ import annotations
 
 import pytest
-import redis
 import torch
 
-from relayrl.cluster.job import run_job
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
-from relayrl.config_loader import load_config
 from relayrl.metrics import read_metrics
 from relayrl.trajectory import decode
 from tests.engine_harness import ENGINE_KINDS
+from tests.job_harness import job_on_own_redis
 
 pytestmark = pytest.mark.slow
 
@@ -23,37 +21,26 @@ STEPS = 2
 def finished_job(
     request: pytest.FixtureRequest, tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory
 ):
-    from relayrl.cluster.embedded_redis import EmbeddedRedis
-
-    out = tmp_path_factory.mktemp(f"agent-job-{request.param}")
-    server = EmbeddedRedis(out / "redis").start()
-    try:
-        config = load_config(
-            None,
-            [
-                "name=agent-e2e",
-                f"model.path={tiny_model_path}",
-                f"rollout.engine={request.param}",
-                "rollout.num_workers=1",
-                "rollout.group_size=2",
-                "rollout.sampling.max_new_tokens=8",
-                "rollout.agent.max_turns=3",
-                "rollout.agent.max_total_tokens=400",
-                f"buffer.url={server.url}",
-                "buffer.trim_acknowledged=false",
-                "env.name=tests.agent_plugin_envs:PythonEveryTurn",
-                "learner.lr=1e-3",
-                "learner.micro_batch_tokens=256",
-                f"trainer.steps={STEPS}",
-                "trainer.prompts_per_step=2",
-                f"output.dir={out}/run",
-                "output.plot=false",
-            ],
-        )
-        result = run_job(config)
-        yield config, result, redis.Redis.from_url(server.url)
-    finally:
-        server.stop()
+    yield from job_on_own_redis(
+        tmp_path_factory.mktemp(f"agent-job-{request.param}"),
+        [
+            "name=agent-e2e",
+            f"model.path={tiny_model_path}",
+            f"rollout.engine={request.param}",
+            "rollout.num_workers=1",
+            "rollout.group_size=2",
+            "rollout.sampling.max_new_tokens=8",
+            "rollout.agent.max_turns=3",
+            "rollout.agent.max_total_tokens=400",
+            "buffer.trim_acknowledged=false",
+            "env.name=tests.agent_plugin_envs:PythonEveryTurn",
+            "learner.lr=1e-3",
+            "learner.micro_batch_tokens=256",
+            f"trainer.steps={STEPS}",
+            "trainer.prompts_per_step=2",
+            "output.plot=false",
+        ],
+    )
 
 
 def test_the_learner_trained_on_multi_turn_episodes(finished_job) -> None:

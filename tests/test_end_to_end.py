@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import redis
 import torch
 from transformers import AutoModelForCausalLM
 
-from relayrl.cluster.job import run_job
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
-from relayrl.config_loader import load_config
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.metrics import read_metrics
 from relayrl.trajectory import decode
+from tests.job_harness import job_on_own_redis, unacknowledged
 
 pytestmark = pytest.mark.slow
 
@@ -23,19 +21,14 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def finished_job(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory):
-    from relayrl.cluster.embedded_redis import EmbeddedRedis
-
-    out = tmp_path_factory.mktemp("job")
-    server = EmbeddedRedis(out / "redis").start()
-    config = load_config(
-        None,
+    yield from job_on_own_redis(
+        tmp_path_factory.mktemp("job"),
         [
             "name=e2e",
             f"model.path={tiny_model_path}",
             "rollout.num_workers=2",
             "rollout.group_size=4",
             "rollout.sampling.max_new_tokens=12",
-            f"buffer.url={server.url}",
             "buffer.trim_acknowledged=false",
             "env.name=tests.plugin_envs:DIGITS",
             "learner.lr=1e-3",
@@ -44,14 +37,8 @@ def finished_job(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory)
             "trainer.prompts_per_step=2",
             "trainer.max_staleness=0",
             "trainer.checkpoint_every=2",
-            f"output.dir={out}/run",
         ],
     )
-    try:
-        result = run_job(config)
-        yield config, result, redis.Redis.from_url(server.url)
-    finally:
-        server.stop()
 
 
 def test_learner_took_every_step_and_wrote_metrics(finished_job) -> None:
@@ -97,13 +84,7 @@ def test_every_pushed_trajectory_is_trained_once_or_still_pending(finished_job) 
     assert len(trained_ids) == len(set(trained_ids)) == STEPS * 8
     assert {pushed[e] for e in trained_entries} == set(trained_ids)
 
-    pending = {
-        p["message_id"].decode()
-        for p in client.xpending_range(stream, "learner", min="-", max="+", count=10_000)
-    }
-    group = next(g for g in client.xinfo_groups(stream) if g["name"] == b"learner")
-    last = group["last-delivered-id"].decode()
-    undelivered = {e.decode() for e, _ in client.xrange(stream, min=f"({last}", max="+")}
+    pending, undelivered = unacknowledged(client, stream)
     assert not pending & set(trained_entries)
     assert set(trained_entries) | pending | undelivered == set(pushed)
     assert client.xlen(f"{stream}:dead") == 0

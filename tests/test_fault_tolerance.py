@@ -17,6 +17,7 @@ from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.trajectory import decode
+from tests.job_harness import unacknowledged
 
 pytestmark = pytest.mark.slow
 
@@ -108,13 +109,7 @@ def audit(client: redis.Redis, stream: str, out: Path, steps: int) -> None:
             assert policy_version - versions[trajectory_id].min() <= STALENESS
     acked = [e for r in ledger for e in r["entry_ids"]]
     assert len(acked) == len(set(acked))
-    pending = {
-        p["message_id"].decode()
-        for p in client.xpending_range(stream, "learner", min="-", max="+", count=100_000)
-    }
-    group = next(g for g in client.xinfo_groups(stream) if g["name"] == b"learner")
-    last = group["last-delivered-id"].decode()
-    undelivered = {e.decode() for e, _ in client.xrange(stream, min=f"({last}", max="+")}
+    pending, undelivered = unacknowledged(client, stream)
     assert not pending & set(acked), "an entry of a committed step is still pending"
     assert set(acked) | pending | undelivered == set(pushed), "a trajectory vanished"
     assert client.xlen(f"{stream}:dead") == 0
