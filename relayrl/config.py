@@ -169,6 +169,13 @@ class JobConfig(Section):
                 f"rollout.gpus_per_worker {rollout.gpus_per_worker} is below "
                 f"rollout.vllm.tensor_parallel_size {tp}"
             )
+        longest = rollout.vllm.max_model_len
+        if rollout.engine == "vllm" and longest and longest < rollout.agent.max_total_tokens:
+            raise ValueError(
+                f"rollout.vllm.max_model_len {longest} is below "
+                f"rollout.agent.max_total_tokens {rollout.agent.max_total_tokens}: episodes "
+                "would outgrow the engine's context"
+            )
         if rollout.weight_transport == "nccl":
             missing = [
                 reason

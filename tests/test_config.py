@@ -105,5 +105,7 @@ def test_gpu_placement_and_weight_transport_are_checked_together() -> None:
         load_config(None, [*NCCL_READY, "rollout.gpus_per_worker=1"])
     with pytest.raises(ConfigError, match="transformers engine samples on CPU"):
         load_config(None, ["rollout.gpus_per_worker=1"])
+    with pytest.raises(ConfigError, match=r"max_model_len 512 is below .*max_total_tokens 2048"):
+        load_config(None, [*NCCL_READY, "rollout.vllm.max_model_len=512"])
     with pytest.raises(ConfigError, match=r"rollout\.vllm\.tp: unknown field"):
         load_config(None, ["rollout.vllm.tp=2"])
