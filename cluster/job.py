@@ -85,6 +85,20 @@ def validate_job(config: JobConfig) -> None:
         )
 
 
+def check_local_gpus(config: JobConfig, available: float) -> None:
+    """A local Ray instance never grows: asking it for GPUs it lacks would wait forever."""
+    wanted = (
+        config.learner.num_ranks * config.learner.gpus_per_rank
+        + config.rollout.num_workers * config.rollout.gpus_per_worker
+    )
+    if wanted > available:
+        raise JobConfigError(
+            f"the job asks for {wanted:g} GPUs (learner.gpus_per_rank x learner.num_ranks + "
+            f"rollout.gpus_per_worker x rollout.num_workers) and this machine's Ray has "
+            f"{available:g}; set RAY_ADDRESS to a cluster with GPUs or drop the GPU settings"
+        )
+
+
 def _status_line(metrics: dict[str, Any], total: int) -> str:
     channels = " ".join(
         f"{k.removeprefix('reward/')}={v:.2f}"
@@ -168,7 +182,8 @@ class Job:
         model_path = resolve_model(config.model.path)
         with ExitStack() as stack:
             redis_url, buffer = self._start_buffer(stack)
-            stack.enter_context(ray_session(local_cpus(config)))
+            if stack.enter_context(ray_session(local_cpus(config))):
+                check_local_gpus(config, ray.cluster_resources().get("GPU", 0))
             weights = weight_transport(config, WeightStore.remote(), CALL_TIMEOUT_S)
             log.info(
                 "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from relayrl.config_loader import ConfigError, load_config
 
@@ -109,3 +110,13 @@ def test_gpu_placement_and_weight_transport_are_checked_together() -> None:
         load_config(None, [*NCCL_READY, "rollout.vllm.max_model_len=512"])
     with pytest.raises(ConfigError, match=r"rollout\.vllm\.tp: unknown field"):
         load_config(None, ["rollout.vllm.tp=2"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+def test_gpus_a_local_ray_lacks_exit_2_instead_of_waiting(tmp_path: Path) -> None:
+    result = run_cli(
+        "train", str(EXAMPLES / "quickstart.yaml"), "--set", "rollout.engine=vllm",
+        "--set", "rollout.gpus_per_worker=1", "--set", f"output.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "asks for 2 GPUs" in result.stderr and "has 0" in result.stderr
