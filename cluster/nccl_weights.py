@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
@@ -22,7 +21,7 @@ import ray
 import torch
 
 from relayrl.cluster.weight_store import EngineMember
-from relayrl.weights import WeightVersion
+from relayrl.weights import WeightVersion, checksum
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +33,6 @@ class Sender(Protocol):
 
 
 SenderFactory = Callable[[EngineMember, Mapping[str, torch.Tensor]], Sender]
-
-
-def device_fingerprint(state: Mapping[str, torch.Tensor]) -> tuple[str, int]:
-    """A checksum that never copies weights off their device: crc32 over names, dtypes,
-    shapes and each tensor's float64 sum and sum of squares."""
-    crc = 0
-    total = 0
-    for name in sorted(state):
-        tensor = state[name].detach()
-        wide = tensor.double()
-        sums = f"{wide.sum().item():.17g}|{wide.square().sum().item():.17g}"
-        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{sums}".encode(), crc)
-        total += tensor.numel() * tensor.element_size()
-    return f"{crc:08x}", total
 
 
 def _free_port() -> int:
@@ -91,8 +76,10 @@ class NcclPushWeights:
         timeout_s: float,
         call_timeout_s: float = 300.0,
         sender_factory: SenderFactory | None = None,
+        roster_poll_s: float = 1.0,
     ) -> None:
         self._store = store
+        self._roster_poll_s = roster_poll_s
         self._call_timeout_s = call_timeout_s
         self._make_sender = sender_factory or partial(
             nccl_sender, bucket_bytes=bucket_bytes, timeout_s=timeout_s
@@ -100,6 +87,7 @@ class NcclPushWeights:
         # Learner side only, built up after unpickling in the learner process.
         self._senders: dict[str, tuple[EngineMember, Sender]] = {}
         self._current: tuple[WeightVersion, Mapping[str, torch.Tensor]] | None = None
+        self._next_roster_check = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # Groups and weights never travel: each process starts with none.
@@ -108,7 +96,7 @@ class NcclPushWeights:
     # ---- learner side -------------------------------------------------------------------
 
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion:
-        digest, num_bytes = device_fingerprint(state)
+        digest, num_bytes = checksum(state)
         info = WeightVersion(version, time.time(), digest, num_bytes)
         self._current = (info, state)
         self._deliver(self._reconcile(), info, state)
@@ -118,8 +106,11 @@ class NcclPushWeights:
         return info
 
     def serve_joins(self) -> None:
-        if self._current is None:
+        # Called before every read while the learner assembles a batch: look at the roster
+        # at most once per roster_poll_s.
+        if self._current is None or time.monotonic() < self._next_roster_check:
             return
+        self._next_roster_check = time.monotonic() + self._roster_poll_s
         info, state = self._current
         roster = self._reconcile()
         joined = [member for member in roster if member.worker_id not in self._senders]
@@ -127,16 +118,16 @@ class NcclPushWeights:
             self._deliver(joined, info, state)
 
     def members(self) -> list[str]:
-        """Workers this learner currently sends to (for reports and tests)."""
+        """Workers this learner holds a weight group with."""
         return sorted(self._senders)
 
     def _reconcile(self) -> list[EngineMember]:
         """The roster, with the groups of engines that left (or re-registered) closed."""
         roster = ray.get(self._store.engines.remote(), timeout=self._call_timeout_s)
         current = {member.worker_id: member for member in roster}
-        for worker_id, (member, sender) in list(self._senders.items()):
+        for worker_id, (member, _) in list(self._senders.items()):
             if current.get(worker_id) != member:
-                self._close(worker_id, sender, "left the roster")
+                self._close(worker_id, "left the roster")
         return roster
 
     def _deliver(
@@ -147,7 +138,7 @@ class NcclPushWeights:
             try:
                 sender = self._sender_for(member, state)
                 sender.send(state, info.version)
-            except Exception as error:
+            except Exception as error:  # whatever went wrong, only this engine is dropped
                 self._drop(member, f"{type(error).__name__}: {error}")
                 continue
             log.info(
@@ -164,17 +155,15 @@ class NcclPushWeights:
 
     def _drop(self, member: EngineMember, cause: str) -> None:
         log.warning("weight push to %s failed, dropping it: %s", member.worker_id, cause)
-        entry = self._senders.pop(member.worker_id, None)
-        if entry is not None:
-            self._close(member.worker_id, entry[1], "failed", forget=False)
+        if member.worker_id in self._senders:
+            self._close(member.worker_id, "failed")
         ray.get(
             self._store.unregister_engine.remote(member.worker_id, member.joined),
             timeout=self._call_timeout_s,
         )
 
-    def _close(self, worker_id: str, sender: Sender, why: str, forget: bool = True) -> None:
-        if forget:
-            self._senders.pop(worker_id, None)
+    def _close(self, worker_id: str, why: str) -> None:
+        _, sender = self._senders.pop(worker_id)
         try:
             sender.close()
         except Exception as error:

@@ -29,7 +29,20 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_model(target: Path, vocab_size: int = 512, layers: int = 2, seed: int = 0) -> None:
+def build_tiny_model(
+    target: Path,
+    vocab_size: int = 512,
+    layers: int = 2,
+    seed: int = 0,
+    *,
+    hidden: int = 128,
+    intermediate: int = 256,
+    heads: int = 2,
+    kv_heads: int = 2,
+    model_vocab: int | None = None,
+) -> None:
+    """Writes the tokenizer (`vocab_size` BPE tokens) and a random Llama of the given shape;
+    `model_vocab` widens the embedding past the tokenizer (for size benchmarks)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -53,12 +66,12 @@ def build_tiny_model(target: Path, vocab_size: int = 512, layers: int = 2, seed:
     fast.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=128,
-        intermediate_size=256,
+        vocab_size=model_vocab or len(fast),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         head_dim=64,
         max_position_embeddings=1024,
         tie_word_embeddings=True,

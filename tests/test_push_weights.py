@@ -19,9 +19,10 @@ import torch
 
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout, WorkerSettings
-from relayrl.cluster.nccl_weights import NcclPushWeights, device_fingerprint
+from relayrl.cluster.nccl_weights import NcclPushWeights
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weight_store import EngineMember, WeightStore
+from relayrl.weights import checksum
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
 
@@ -66,7 +67,9 @@ class RecordingSenders:
 
 def push_weights(senders: RecordingSenders) -> tuple[NcclPushWeights, Any]:
     store = WeightStore.remote()
-    weights = NcclPushWeights(store, bucket_bytes=1 << 20, timeout_s=1, sender_factory=senders)
+    weights = NcclPushWeights(
+        store, bucket_bytes=1 << 20, timeout_s=1, sender_factory=senders, roster_poll_s=0.0
+    )
     return weights, store
 
 
@@ -76,7 +79,7 @@ def test_versions_reach_current_members_and_joins_between_steps(ray_instance: No
 
     info = weights.publish(0, STATE)
     assert weights.latest() == info and weights.fetch(-1) is None
-    assert info.checksum == device_fingerprint(STATE)[0] and info.num_bytes == 36
+    assert info.checksum == checksum(STATE)[0] and info.num_bytes == 36
     assert senders.take() == []
 
     weights.attach("a", "receiver-a", 1)
@@ -206,3 +209,18 @@ def test_an_engine_call_that_hangs_times_out_naming_the_worker_and_call(
     receiver = RayEngineReceiver(StuckEngine.remote(), timeout_s=0.5, name="worker-3")
     with pytest.raises(WeightSyncTimeout, match=r"worker-3\.begin_weight_transfer took over"):
         receiver.begin_weight_transfer()
+
+
+def test_the_roster_is_read_at_most_once_per_poll_interval(ray_instance: None) -> None:
+    senders = RecordingSenders()
+    weights = NcclPushWeights(
+        WeightStore.remote(), bucket_bytes=1, timeout_s=1, sender_factory=senders,
+        roster_poll_s=60.0,
+    )  # fmt: skip
+    weights.publish(0, STATE)
+    weights.serve_joins()
+    weights.attach("late", "receiver-late", 1)
+    weights.serve_joins()
+    assert senders.take() == [], "within the interval the roster is not read again"
+    weights.publish(1, STATE)
+    assert senders.take() == [("late", 1)], "a publish always reads the roster"

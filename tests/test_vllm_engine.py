@@ -10,6 +10,7 @@ import copy
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -108,10 +109,6 @@ def max_gap(
     return (torch.tensor(completion.logprobs)[span] - expected).abs().max().item()
 
 
-def sample(settings: SamplingSettings, **overrides: Any) -> SamplingSettings:
-    return SamplingSettings(**{**settings.__dict__, **overrides})
-
-
 BASE = SamplingSettings(max_new_tokens=48, temperature=TEMPERATURE, seed=7)
 
 
@@ -167,10 +164,10 @@ def test_stop_token_and_stop_string_end_the_completion(
     stop_text = tokenizer.decode(free_run.token_ids[8:10])
 
     [by_token] = engine_loop.run(
-        engine.generate(prompt, sample(BASE, stop_token_ids=(stop_token,)), n=1)
+        engine.generate(prompt, replace(BASE, stop_token_ids=(stop_token,)), n=1)
     )
     [by_text] = engine_loop.run(
-        engine.generate(prompt, sample(BASE, stop_strings=(stop_text,)), n=1)
+        engine.generate(prompt, replace(BASE, stop_strings=(stop_text,)), n=1)
     )
 
     assert by_token.finish_reason == "stop"
