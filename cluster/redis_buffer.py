@@ -1,4 +1,4 @@
-"""The trajectory buffer on a Redis Stream with a consumer group (see DESIGN.md, Buffer)."""
+"""The trajectory buffer on a Redis Stream with a consumer group (see docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Versioned weights through the Ray object store (the CPU weight path of DESIGN.md).
+"""Versioned weights through the Ray object store (the `object_store` transport).
 
 The learner publishes each version once; the store actor keeps its own copy, so workers can
 pull the current version even after the learner that produced it has died. Under a push

@@ -1,4 +1,4 @@
-"""The admission-control seam: how rollout workers ask to start samples (see DESIGN.md)."""
+"""The admission-control seam: how rollout workers ask to start samples."""
 
 from __future__ import annotations
 
