@@ -1,4 +1,4 @@
-"""The argv that launches one confined program: cgroup entry, uid drop, bwrap, rlimits."""
+"""The argv that launches one confined program: cgroup entry, uid drop, bwrap, seccomp, rlimits."""
 
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ def sandbox_command(
     uid: int | None,
     files: Sequence[StagedFile],
     info_fd: int,
-    cgroup_procs: Path | None,
+    seccomp_fd: int,
+    cgroup_procs: Sequence[Path],
 ) -> list[str]:
-    """`info_fd` receives bwrap's JSON with the host pid of the namespace's init."""
+    """`info_fd` receives bwrap's JSON with the host pid of the namespace's init; `seccomp_fd`
+    holds the filter bwrap installs last, right before it execs the program."""
     program = [tools.python, "-E", "-s", "-B", str(ENTRY_POINT)]
     return [
         *_enter_cgroup(tools, cgroup_procs),
         *_drop_identity(tools, uid),
-        *_bwrap(tools, limits, uid, files, info_fd),
+        *_bwrap(tools, limits, uid, files, info_fd, seccomp_fd),
         *_rlimits(tools, limits),
         *program,
     ]
@@ -42,11 +44,11 @@ def cgroup_process_limit(limits: SandboxLimits) -> int:
     return limits.max_processes + _BWRAP_PROCESSES
 
 
-def _enter_cgroup(tools: HostTools, procs_file: Path | None) -> list[str]:
-    # The shell joins the cgroup before exec'ing the rest, so no child can start outside it.
-    if procs_file is None:
+def _enter_cgroup(tools: HostTools, procs_files: Sequence[Path]) -> list[str]:
+    # The shell joins the cgroups before exec'ing the rest, so no child can start outside them.
+    if not procs_files:
         return []
-    join = f"echo $$ > {shlex.quote(str(procs_file))}"
+    join = " && ".join(f"echo $$ > {shlex.quote(str(path))}" for path in procs_files)
     return [tools.shell, "-c", f'{join} && exec "$@"', "sandbox-cgroup"]
 
 
@@ -62,11 +64,14 @@ def _bwrap(
     uid: int | None,
     files: Sequence[StagedFile],
     info_fd: int,
+    seccomp_fd: int,
 ) -> list[str]:
     argv = [
         tools.bwrap,
         "--info-fd",
         str(info_fd),
+        "--seccomp",
+        str(seccomp_fd),
         "--unshare-all",
         "--unshare-user",
         "--disable-userns",

@@ -17,6 +17,7 @@ from relayrl.envs.sandbox.namespace import NamespaceInit
 from relayrl.envs.sandbox.outcome import classify
 from relayrl.envs.sandbox.output import CapturedOutput, capture
 from relayrl.envs.sandbox.result import SandboxResult
+from relayrl.envs.sandbox.seccomp import filter_memfd
 from relayrl.envs.sandbox.staging import staged_files
 from relayrl.envs.sandbox.tools import host_tools
 
@@ -35,15 +36,17 @@ def run_python(
         max_processes=cgroup_process_limit(limits),
     )
     info_read, info_write = (os.fdopen(fd, "rb", buffering=0) for fd in os.pipe())
+    seccomp = os.fdopen(filter_memfd(), "rb", buffering=0)
     try:
-        with staged_files(code, files) as staged, info_read, info_write:
+        with staged_files(code, files) as staged, info_read, info_write, seccomp:
             argv = sandbox_command(
                 tools,
                 limits,
                 sandbox_uid(),
                 staged,
                 info_write.fileno(),
-                cgroup.procs_file if cgroup else None,
+                seccomp.fileno(),
+                cgroup.procs_files,
             )
             started = time.monotonic()
             process = subprocess.Popen(
@@ -51,7 +54,7 @@ def run_python(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=[*(file.fd for file in staged), info_write.fileno()],
+                pass_fds=[*(file.fd for file in staged), info_write.fileno(), seccomp.fileno()],
                 env={},  # the launcher's environment would show in the sandbox's /proc/1/environ
                 cwd="/",
                 start_new_session=True,
@@ -61,11 +64,9 @@ def run_python(
             with process, NamespaceInit.from_info_fd(info_read.fileno(), deadline) as init:
                 returncode, captured = _supervise(process, init, deadline, limits)
         duration_s = time.monotonic() - started
-        oom_killed = cgroup is not None and cgroup.oom_killed()
-        return classify(captured, returncode, oom_killed, duration_s)
+        return classify(captured, returncode, cgroup.oom_killed(), duration_s)
     finally:
-        if cgroup is not None:
-            cgroup.kill_and_remove()
+        cgroup.kill_and_remove()
 
 
 async def run_python_async(

@@ -31,7 +31,7 @@ def staged_files(code: str, files: Mapping[str, str] | None) -> Iterator[list[St
         for path, text in contents.items():
             # Lone surrogates pass through as bytes; the program then fails typed, not the launcher.
             data = text.encode(errors="surrogatepass")
-            staged.append(StagedFile(_memory_file(str(path), data), path))
+            staged.append(StagedFile(memory_file(str(path), data), path))
         yield staged
     finally:
         for file in staged:
@@ -45,7 +45,8 @@ def scratch_relative(name: str) -> PurePosixPath:
     return path
 
 
-def _memory_file(name: str, data: bytes) -> int:
+def memory_file(name: str, data: bytes) -> int:
+    """A memory file holding `data`, read from the start; the caller closes it."""
     fd = os.memfd_create(name)
     try:
         view = memoryview(data)
