@@ -24,8 +24,12 @@ class ObservationFormatter:
     """Token ids that carry an environment message into the next assistant turn, e.g.
     `<|im_end|>\\n<|im_start|>user\\n{text}<|im_end|>\\n<|im_start|>assistant\\n`."""
 
-    def __init__(self, tokenizer: Any, role: str) -> None:
+    def __init__(
+        self, tokenizer: Any, role: str, max_chars: int = 8192, max_tokens: int = 1024
+    ) -> None:
         self._tokenizer = tokenizer
+        self.max_chars = max_chars
+        self.max_tokens = max_tokens
         try:
             rendered = tokenizer.apply_chat_template(
                 [
@@ -53,8 +57,30 @@ class ObservationFormatter:
         encoded = self._tokenizer(text, add_special_tokens=False, split_special_tokens=literal)
         return [int(token) for token in encoded["input_ids"]]
 
+    def message_ids(self, observation: str) -> list[int]:
+        """The observation's own ids, capped in characters (before tokenizing, so a huge
+        output costs nothing) and in tokens, each cut marked where it happened."""
+        text = valid_text(observation)
+        if len(text) > self.max_chars:
+            cut = len(text) - self.max_chars
+            text = f"{text[: self.max_chars]}\n[... {cut} more characters cut]"
+        ids = self._encode(text, literal=True)
+        if len(ids) > self.max_tokens:
+            marker = self._encode(f"\n[... cut at {self.max_tokens} tokens]", literal=True)
+            ids = ids[: max(0, self.max_tokens - len(marker))] + marker
+        return ids
+
     def token_ids(self, observation: str, last_sampled: int | None) -> list[int]:
         before = self.before_ids
         if self._turn_end is not None and last_sampled == self._turn_end:
             before = before[1:]  # the model ended its turn itself; keep its token as sampled
-        return before + self._encode(observation, literal=True) + self.after_ids
+        return before + self.message_ids(observation) + self.after_ids
+
+
+def valid_text(text: str) -> str:
+    """`text` with lone surrogates (which no tokenizer encodes) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text

@@ -25,6 +25,8 @@ class EpisodeBuilder:
         self.reward = 0.0
         self.reward_channels: dict[str, float] = {}
         self.void_turns = 0
+        # Why the episode ended in error (an exception's class name or a short cause).
+        self.error: str | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -60,6 +62,14 @@ class EpisodeBuilder:
             self.reward_channels[name] = self.reward_channels.get(name, 0.0) + value
         self.void_turns += int(result.void)
 
+    def end_in_error(self, cause: str, span: tuple[int, int] | None, duration_s: float) -> None:
+        """The environment failed: the turn it failed on is kept, the reward is void."""
+        if span is not None:
+            self.turns.append(Turn(start=span[0], end=span[1], duration_s=duration_s))
+        self.reward = 0.0
+        self.reward_channels = {}
+        self.error = cause
+
     def to_trajectory(
         self,
         group_id: str,
@@ -84,4 +94,5 @@ class EpisodeBuilder:
             turns=list(self.turns),
             finish_reason=finish_reason,
             timings=timings,
+            error=self.error,
         )

@@ -132,6 +132,7 @@ class RolloutWorker:
             settings.sampling,
             settings.agent,
             stop_strings=spec.stop_strings(self.env_params),
+            worker_id=settings.worker_id,
         )
         self.rng = random.Random(f"{settings.seed}-{settings.worker_id}")
         self.stats = WorkerStats()

@@ -37,6 +37,10 @@ def batch_metrics(trajectories: list[Trajectory], version: int) -> dict[str, Any
         "batch/min_token_version": int(sampled_versions.min()),
     }
     metrics.update({f"episode/end_{reason}": n / count for reason, n in sorted(ends.items())})
+    # Episodes an environment failure ended (masked from the loss), in all and by cause.
+    causes = Counter(t.error or "unknown" for t in trajectories if t.finish_reason == "error")
+    metrics["episode/errors"] = sum(causes.values())
+    metrics.update({f"episode/errors/{cause}": n for cause, n in sorted(causes.items())})
     channels = sorted({name for t in trajectories for name in t.reward_channels})
     for name in channels:
         values = [t.reward_channels.get(name, 0.0) for t in trajectories]

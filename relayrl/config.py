@@ -36,6 +36,17 @@ class AgentConfig(Section):
     drop_void_trajectories: bool = False
     # The chat role that carries environment messages (tool results, feedback).
     observation_role: Literal["user", "tool"] = "user"
+    max_observation_chars: int = Field(
+        8192,
+        ge=64,
+        description="Longest observation (tool output, feedback) in characters; the rest is "
+        "cut, with a marker, before it is tokenized.",
+    )
+    max_observation_tokens: int = Field(
+        1024,
+        ge=32,
+        description="Longest observation in tokens; the rest is cut, with a marker.",
+    )
 
 
 class VLLMConfig(Section):

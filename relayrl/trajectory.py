@@ -2,6 +2,8 @@
 
 The buffer is a network boundary, so payloads are never pickled: decoding validates the
 schema version, every field's type and every array's length before anything trusts it.
+Optional fields added since version 1 (`error`) are read when present, so payloads of either
+age decode on either side.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     finish_reason: str = "stop"
     timings: dict[str, float] = field(default_factory=dict)
+    # finish_reason "error": what failed (an exception's class name, or a short typed cause).
+    error: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ def _check_consistent(traj: Trajectory) -> None:
         raise TrajectoryDecodeError("logprobs contain NaN or infinity")
     if not np.isfinite(traj.reward):
         raise TrajectoryDecodeError(f"reward {traj.reward} is not finite")
+    if not all(np.isfinite(value) for value in traj.reward_channels.values()):
+        raise TrajectoryDecodeError(f"reward channels {traj.reward_channels} are not finite")
 
 
 def encode(traj: Trajectory) -> bytes:
@@ -111,6 +117,7 @@ def encode(traj: Trajectory) -> bytes:
         "turns": [turn.to_wire() for turn in traj.turns],
         "finish_reason": traj.finish_reason,
         "timings": {k: float(v) for k, v in traj.timings.items()},
+        "error": traj.error,
         **{name: getattr(traj, name).tobytes() for name in _ARRAY_DTYPES},
     }
     return msgpack.packb(payload, use_bin_type=True)
@@ -160,6 +167,9 @@ def decode(data: bytes) -> Trajectory:
         raise TrajectoryDecodeError(f"schema version {schema!r}, expected {SCHEMA_VERSION}")
     channels = _field(payload, "reward_channels", dict)
     timings = _field(payload, "timings", dict)
+    error = payload.get("error")
+    if error is not None and not isinstance(error, str):
+        raise TrajectoryDecodeError(f"field 'error' has type {type(error).__name__}")
     try:
         return Trajectory(
             id=_field(payload, "id", str),
@@ -175,6 +185,7 @@ def decode(data: bytes) -> Trajectory:
             turns=[_turn(t) for t in _field(payload, "turns", list)],
             finish_reason=_field(payload, "finish_reason", str),
             timings={str(k): float(v) for k, v in timings.items()},
+            error=error,
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, TrajectoryDecodeError):
