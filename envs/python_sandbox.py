@@ -4,31 +4,16 @@ tool calls queues instead of overloading the machine; else the sandbox directly.
 from __future__ import annotations
 
 import asyncio
-import math
 import weakref
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
 
-from relayrl.envs.sandbox import SandboxLimits, SandboxResult, check_host, run_python_async
+from relayrl.envs.sandbox import SandboxResult, run_python_async
+from relayrl.envs.sandbox.confinement import require_confinements
+from relayrl.envs.sandbox.params import SandboxParams
 from relayrl.envs.sandbox.pool import SandboxPool
 
-
-class SandboxParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    wall_s: float = Field(5.0, gt=0)
-    memory_mb: int = Field(512, ge=64)
-    # Sandbox actors per rollout worker under Ray; more concurrent calls wait for a free one.
-    pool_size: int = Field(2, ge=1)
-    # Ray CPUs each sandbox actor reserves; 0 lets them share the rollout worker's CPUs.
-    cpus_per_sandbox: float = Field(0.0, ge=0)
-
-    @property
-    def limits(self) -> SandboxLimits:
-        return SandboxLimits(
-            wall_s=self.wall_s, cpu_s=max(1, math.ceil(self.wall_s)), memory_mb=self.memory_mb
-        )
+__all__ = ["SandboxParams", "SandboxedPython"]
 
 
 # One pool per event loop and settings: environments are built per episode, pools are not.
@@ -39,7 +24,8 @@ _POOLS: weakref.WeakKeyDictionary[
 
 class SandboxedPython:
     def __init__(self, params: SandboxParams) -> None:
-        check_host()  # a host that cannot sandbox fails when the environment is built
+        # A host that cannot sandbox, or only weaker than asked, fails when the env is built.
+        require_confinements(params.allow_weaker, "sandbox.allow_weaker")
         self.params = params
 
     async def run(self, code: str) -> SandboxResult:

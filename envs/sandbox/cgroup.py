@@ -26,7 +26,7 @@ _SWAP_SETTINGS = {"memory.swap.max", "memory.memsw.limit_in_bytes"}
 
 @dataclass(frozen=True)
 class SandboxCgroup:
-    directories: tuple[Path, ...]  # one per hierarchy joined: v2 has one, v1 one per controller
+    capped_by: dict[str, Path]  # controller -> the cgroup capping it (v2: the same one for all)
     oom_events: Path | None  # the file whose "oom_kill N" line counts OOM kills
     missing: dict[str, str] = field(default_factory=dict)  # controller -> why it caps nothing
 
@@ -37,6 +37,10 @@ class SandboxCgroup:
         if (CGROUP_ROOT / "cgroup.controllers").exists():
             return _create_v2(name, memory_bytes, max_processes)
         return _create_v1(name, memory_bytes, max_processes)
+
+    @property
+    def directories(self) -> list[Path]:
+        return list(dict.fromkeys(self.capped_by.values()))
 
     @property
     def procs_files(self) -> list[Path]:
@@ -70,12 +74,12 @@ def _create_v2(name: str, memory_bytes: int, max_processes: int) -> SandboxCgrou
     try:
         parent = _delegated_v2_parent()
     except OSError as error:
-        return SandboxCgroup((), None, dict.fromkeys(CONTROLLERS, str(error)))
+        return SandboxCgroup({}, None, dict.fromkeys(CONTROLLERS, str(error)))
     settings = {"memory.max": memory_bytes, "memory.swap.max": 0, "pids.max": max_processes}
     made = _child(parent / name, settings)
     if isinstance(made, str):
-        return SandboxCgroup((), None, dict.fromkeys(CONTROLLERS, made))
-    return SandboxCgroup((made,), made / "memory.events")
+        return SandboxCgroup({}, None, dict.fromkeys(CONTROLLERS, made))
+    return SandboxCgroup(dict.fromkeys(CONTROLLERS, made), made / "memory.events")
 
 
 def _create_v1(name: str, memory_bytes: int, max_processes: int) -> SandboxCgroup:
@@ -99,7 +103,7 @@ def _create_v1(name: str, memory_bytes: int, max_processes: int) -> SandboxCgrou
             made_by[controller] = made
     memory = made_by.get("memory")
     oom_events = memory / "memory.oom_control" if memory else None
-    return SandboxCgroup(tuple(made_by.values()), oom_events, missing)
+    return SandboxCgroup(made_by, oom_events, missing)
 
 
 def _child(directory: Path, settings: dict[str, int]) -> Path | str:

@@ -1,4 +1,5 @@
-"""`relayrl sandbox run FILE.py`: run one program confined and print its result as JSON."""
+"""`relayrl sandbox run FILE.py`: run one program confined and print its result as JSON.
+`relayrl sandbox check`: print which confinements this host gives sandboxed programs."""
 
 from __future__ import annotations
 
@@ -9,17 +10,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from relayrl.envs.sandbox.confinement import host_confinements
 from relayrl.envs.sandbox.host import check_host
 from relayrl.envs.sandbox.limits import SandboxLimits
 from relayrl.envs.sandbox.runner import DEFAULT_LIMITS, run_python
 from relayrl.envs.sandbox.tools import SandboxUnavailable
 
 EXIT_HOST_UNAVAILABLE = 3
+EXIT_CONFINEMENT_MISSING = 1
 
 
 def main(argv: list[str]) -> int:
-    """Exit 0 once a result is printed (the program's own outcome is in it), 3 if no sandbox."""
+    """`run`: exit 0 once a result is printed (the program's own outcome is in it), 3 if no
+    sandbox. `check`: exit 0 when every confinement is active, else 1."""
     args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check()
     try:
         code = args.file.read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -37,6 +43,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _check() -> int:
+    confinements = host_confinements()
+    for confinement in confinements:
+        state = "active " if confinement.active else "MISSING"
+        print(f"{state} {confinement.name}: {confinement.detail}")
+    missing = [confinement.name for confinement in confinements if not confinement.active]
+    if missing:
+        print(f"relayrl sandbox: missing {', '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFINEMENT_MISSING
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relayrl sandbox", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--memory-mb", type=_positive(int), default=DEFAULT_LIMITS.memory_mb)
     run.add_argument("file", type=Path, metavar="FILE.py")
+    commands.add_parser("check", help="print which confinements are active on this host")
     return parser
 
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from relayrl.envs.sandbox.staging import memory_file
+from relayrl.envs.sandbox.tools import SandboxUnavailable
 
 # Classic BPF opcodes (linux/filter.h) and seccomp return actions (linux/seccomp.h).
 _LD_W_ABS = 0x20
@@ -86,7 +87,7 @@ ARCHITECTURES = {
 }
 
 
-class UnsupportedArchitecture(RuntimeError):
+class UnsupportedArchitecture(SandboxUnavailable):
     """No syscall table for this machine, so no seccomp filter can be built."""
 
 
