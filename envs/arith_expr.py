@@ -9,6 +9,8 @@ from collections.abc import Callable
 from fractions import Fraction
 
 MAX_EXPRESSION_CHARS = 200
+# Bits of a value's numerator or denominator: about 1200 digits, so every value prints.
+MAX_VALUE_BITS = 4000
 
 _BINARY: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
     ast.Add: operator.add,
@@ -29,6 +31,8 @@ def parse_expression(text: str) -> ast.expr:
         return ast.parse(text.strip(), mode="eval").body
     except SyntaxError as exc:
         raise ExpressionError(f"not an arithmetic expression: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError):  # NUL bytes, nesting past the parser
+        raise ExpressionError("not an arithmetic expression") from None
 
 
 def _is_number(node: ast.expr) -> bool:
@@ -51,9 +55,15 @@ def evaluate(node: ast.expr) -> Fraction:
         left, right = evaluate(node.left), evaluate(node.right)
         if isinstance(node.op, ast.Div) and right == 0:
             raise ExpressionError("division by zero")
-        return _BINARY[type(node.op)](left, right)
+        return _bounded(_BINARY[type(node.op)](left, right))
     shown = ast.unparse(node)
     raise ExpressionError(f"only numbers, + - * / and parentheses are allowed, not {shown!r}")
+
+
+def _bounded(value: Fraction) -> Fraction:
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_VALUE_BITS:
+        raise ExpressionError(f"a value exceeds {MAX_VALUE_BITS} bits")
+    return value
 
 
 def numbers_in(node: ast.expr) -> list[Fraction]:
@@ -67,4 +77,7 @@ def evaluate_text(text: str) -> Fraction:
 def show(value: Fraction) -> str:
     if value.denominator == 1:
         return str(value.numerator)
-    return f"{value} ≈ {float(value):.6g}"
+    try:
+        return f"{value} ≈ {float(value):.6g}"
+    except OverflowError:  # beyond a float's range: the exact value alone
+        return str(value)

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relayrl.envs.base import EnvSpec, Message, StepResult, Task, weighted_reward
 from relayrl.envs.registry import register_env
+from relayrl.envs.tags import tagged
 
-_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _INTEGER = re.compile(r"[-+]?\d+")
+# Far longer than any answer; int() refuses more than 4300 digits anyway.
+_MAX_DIGITS = 1000
 
 
 class ArithmeticParams(BaseModel):
@@ -43,16 +45,21 @@ class ArithmeticParams(BaseModel):
 
 def parse_answer(text: str) -> int | None:
     """The integer inside the last <answer> tag, or None when there is none."""
-    matches = _ANSWER.findall(text)
+    matches = tagged(text, "<answer>", "</answer>")
     if not matches:
         return None
     candidate = matches[-1].replace(",", "").strip()
-    return int(candidate) if _INTEGER.fullmatch(candidate) else None
+    return _integer(candidate) if _INTEGER.fullmatch(candidate) else None
 
 
 def last_integer(text: str) -> int | None:
     numbers = _INTEGER.findall(text)
-    return int(numbers[-1]) if numbers else None
+    return _integer(numbers[-1]) if numbers else None
+
+
+def _integer(digits: str) -> int | None:
+    """The integer `digits` spell, or None when it has too many digits to be an answer."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else None
 
 
 def evaluate(operands: list[int], operators: list[str]) -> int:

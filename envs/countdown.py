@@ -4,7 +4,6 @@ A calculator tool (Hermes-style JSON calls) checks arithmetic along the way."""
 from __future__ import annotations
 
 import random
-import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -12,10 +11,9 @@ from relayrl.envs.arith_expr import ExpressionError, evaluate, numbers_in, parse
 from relayrl.envs.base import EnvSpec, Message, StepResult, Task
 from relayrl.envs.calculator import CalculatorTool
 from relayrl.envs.registry import register_env
+from relayrl.envs.tags import tagged
 from relayrl.envs.tool_calls import HermesFormat
 from relayrl.envs.tool_env import ToolEnv
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 class CountdownParams(BaseModel):
@@ -87,7 +85,7 @@ class CountdownEnv(ToolEnv):
         return self.instructed_prompt(self.params.system_prompt, task)
 
     async def finish(self, text: str) -> StepResult:
-        answers = _ANSWER.findall(text)
+        answers = tagged(text, "<answer>", "</answer>")
         well_formed, correct = (
             check_answer(answers[-1], **self.task.answer) if answers else (False, False)
         )

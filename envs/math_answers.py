@@ -9,6 +9,7 @@ import sys
 import weakref
 
 from relayrl.envs.math_verify_child import READY
+from relayrl.envs.tags import last_balanced
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +22,7 @@ _MAX_ANSWER_CHARS = 200
 
 def last_boxed(text: str) -> str | None:
     """Contents of the last \\boxed{...} with balanced braces, or None."""
-    start = text.rfind(_BOXED)
-    while start != -1:
-        depth = 1
-        for index in range(start + len(_BOXED), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[index], 0)
-            if depth == 0:
-                return text[start + len(_BOXED) : index].strip()
-        start = text.rfind(_BOXED, 0, start)
-    return None
+    return last_balanced(text, _BOXED)
 
 
 class MathVerifier:

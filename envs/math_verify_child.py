@@ -26,7 +26,11 @@ def main() -> None:
     print(READY, flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        print(int(answers_match(request["gold"], request["answer"])), flush=True)
+        try:
+            matched = answers_match(request["gold"], request["answer"])
+        except Exception:  # an answer math-verify cannot handle is wrong, not a dead child
+            matched = False
+        print(int(matched), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from relayrl.envs.sql_database import QueryError, SqlDatabase, same_result
 from relayrl.envs.sql_fixture import QUESTIONS, SCHEMA
 from relayrl.envs.tool_calls import HermesFormat
 from relayrl.envs.tool_env import ToolEnv
-from relayrl.envs.tools import ToolResult
+from relayrl.envs.tools import ToolResult, clip_output
 
-_SQL_BLOCK = re.compile(r"```sql\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_SQL_OPENING = re.compile(r"```sql\s*\n", re.IGNORECASE)
 _GOLD_ROWS = 10_000
 
 
@@ -27,6 +27,9 @@ class TextToSqlParams(BaseModel):
 
     query_timeout_s: float = Field(1.0, gt=0)
     max_rows_shown: int = Field(20, ge=1)
+    max_output_chars: int = Field(
+        2000, ge=100, description="Longest run_sql output shown to the model, in characters."
+    )
     system_prompt: str = (
         "Answer the question by writing one SQLite query over this database:\n{schema}\n"
         "Give the final query in a ```sql block."
@@ -58,16 +61,18 @@ class RunSqlTool:
         "required": ["query"],
     }
 
-    def __init__(self, database: SqlDatabase, max_rows: int) -> None:
+    def __init__(self, database: SqlDatabase, max_rows: int, max_chars: int) -> None:
         self.database = database
         self.max_rows = max_rows
+        self.max_chars = max_chars
 
     async def call(self, arguments: dict[str, Any]) -> ToolResult:
         query = arguments.get("query")
         if not isinstance(query, str) or not query.strip():
             return ToolResult("invalid", 'run_sql needs a string argument "query"')
         try:
-            return ToolResult("ok", self.database.query(query, self.max_rows).render())
+            shown = self.database.query(query, self.max_rows).render()
+            return ToolResult("ok", clip_output(shown, self.max_chars))
         except QueryError as exc:
             return ToolResult("error", f"error: {exc}")
 
@@ -75,7 +80,8 @@ class RunSqlTool:
 class TextToSqlEnv(ToolEnv):
     def __init__(self, params: TextToSqlParams) -> None:
         self.database = SqlDatabase(params.query_timeout_s)
-        super().__init__([RunSqlTool(self.database, params.max_rows_shown)], HermesFormat())
+        tool = RunSqlTool(self.database, params.max_rows_shown, params.max_output_chars)
+        super().__init__([tool], HermesFormat())
         self.params = params
 
     def prompt(self, task: Task) -> list[Message]:
@@ -83,17 +89,19 @@ class TextToSqlEnv(ToolEnv):
         return self.instructed_prompt(system, task, separator="\n")
 
     def _grade(self, sql: str) -> tuple[bool, bool]:
-        """(runs, correct): the query runs, and returns the gold query's rows."""
+        """(runs, correct): the query runs, and returns the gold query's rows (all of them:
+        a result cut at the row or size bound is not the gold one)."""
         gold = str(self.task.answer)
         try:
             predicted = self.database.query(sql, _GOLD_ROWS)
         except QueryError:
             return False, False
         expected = self.database.query(gold, _GOLD_ROWS)
-        return True, same_result(predicted, expected, ordered="ORDER BY" in gold.upper())
+        ordered = "ORDER BY" in gold.upper()
+        return True, not predicted.truncated and same_result(predicted, expected, ordered)
 
     async def finish(self, text: str) -> StepResult:
-        blocks = _SQL_BLOCK.findall(text)
+        blocks = sql_blocks(text)
         runs, correct = self._grade(blocks[-1]) if blocks else (False, False)
         return self.final_answer(
             correct=correct,
@@ -105,6 +113,20 @@ class TextToSqlEnv(ToolEnv):
     async def close(self) -> None:
         self.database.close()
         await super().close()
+
+
+def sql_blocks(text: str) -> list[str]:
+    """The ```sql blocks of a turn, as `re.findall(r"```sql\\s*\\n(.*?)```")` finds them, in
+    linear time however many blocks are left open."""
+    found = []
+    position = 0
+    while (opening := _SQL_OPENING.search(text, position)) is not None:
+        end = text.find("```", opening.end())
+        if end == -1:
+            break
+        found.append(text[opening.end() : end])
+        position = end + 3
+    return found
 
 
 def stop_strings(params: TextToSqlParams) -> tuple[str, ...]:

@@ -85,26 +85,32 @@ class CodeBlockFormat:
         )
 
 
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>\s*\Z", re.DOTALL)
+_OPEN_CALL, _CLOSE_CALL = "<tool_call>", "</tool_call>"
 
 
 class HermesFormat:
     """<tool_call>{"name": ..., "arguments": {...}}</tool_call>, answered in <tool_response>."""
 
-    stop_strings = ("</tool_call>",)
+    stop_strings = (_CLOSE_CALL,)
 
     def parse(self, text: str) -> ToolCall | MalformedCall | None:
-        if text.rfind("<tool_call>") > text.rfind("</tool_call>"):
+        opening, closing = text.rfind(_OPEN_CALL), text.rfind(_CLOSE_CALL)
+        if opening > closing:
             return MalformedCall("the <tool_call> tag was not closed with </tool_call>")
-        match = _TOOL_CALL.search(text)
-        if match is None:
+        # A call counts when the turn ends with it; found by position, not a regex, so a
+        # turn of many tags costs linear time.
+        if opening == -1 or text[closing + len(_CLOSE_CALL) :].strip():
             return None
         # The last opening tag before the end: an earlier, finished call is not this one.
-        body = match.group(1).rsplit("<tool_call>", 1)[-1].strip()
+        body = text[opening + len(_OPEN_CALL) : closing].strip()
         try:
             call = json.loads(body)
         except json.JSONDecodeError as exc:
             return MalformedCall(f"the tool call is not valid JSON: {exc.msg} (at {exc.pos})")
+        except ValueError:  # an integer of more digits than int() converts
+            return MalformedCall("the tool call is not valid JSON: a number in it is too long")
+        except RecursionError:
+            return MalformedCall("the tool call is not valid JSON: it is nested too deeply")
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             return MalformedCall('the tool call needs a JSON object with a string "name"')
         arguments = call.get("arguments", {})

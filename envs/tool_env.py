@@ -10,6 +10,9 @@ from relayrl.envs.base import Message, StepResult, Task, weighted_reward
 from relayrl.envs.tool_calls import CallFormat, MalformedCall, ToolCall
 from relayrl.envs.tools import Tool, ToolResult
 
+# Of a tool name the model made up, as recorded and shown: it may be any length.
+_SHOWN_NAME_CHARS = 64
+
 
 class ToolEnv(ABC):
     def __init__(self, tools: Sequence[Tool], call_format: CallFormat) -> None:
@@ -46,11 +49,13 @@ class ToolEnv(ABC):
 
     async def _run(self, call: ToolCall | MalformedCall) -> tuple[str | None, ToolResult]:
         if isinstance(call, MalformedCall):
-            return call.tool, ToolResult("invalid", call.problem)
+            name = None if call.tool is None else call.tool[:_SHOWN_NAME_CHARS]
+            return name, ToolResult("invalid", call.problem)
         tool = self.tools.get(call.name)
         if tool is None:
             known = ", ".join(sorted(self.tools))
-            return call.name, ToolResult("invalid", f"unknown tool {call.name!r}; use: {known}")
+            name = call.name[:_SHOWN_NAME_CHARS]
+            return name, ToolResult("invalid", f"unknown tool {name!r}; use: {known}")
         return call.name, await tool.call(call.arguments)
 
     def tool_success(self) -> float:
