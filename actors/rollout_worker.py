@@ -23,6 +23,7 @@ from relayrl.actors.vllm_settings import VLLMSettings
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.envs.registry import resolve_env
+from relayrl.faults import fault_point
 from relayrl.trajectory import Trajectory
 from relayrl.weights import WeightSubscriber
 
@@ -246,6 +247,7 @@ class RolloutWorker:
                 await self.sync_weights()
                 trajectories = await self._sample_group()
                 await asyncio.to_thread(self.producer.push, trajectories)
+                fault_point("after_xadd_before_release")
                 produced = True
                 self.stats.groups += 1
                 self.stats.trajectories += len(trajectories)

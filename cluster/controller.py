@@ -1,42 +1,54 @@
 """Admission control on the policy version (as AReaL does): at most
-(max_staleness + v + 1) x batch_size - (accepted + running) samples may start, so workers
-never generate what the learner would have to throw away."""
+(max_staleness + 1) x batch_size - (backlog + running) samples may start, so workers never
+generate what the learner would have to throw away. The backlog is read from the stream itself
+(entries pending or undelivered, less those the learner has booked), so the count follows what
+the learner actually trains, discards and dead-letters, a worker killed between its push and its
+release leaves no phantom, and a resumed job starts from the truth."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 
-class AdmissionState:
-    """The counters and the rule, free of Ray so the arithmetic is testable on its own."""
+class BacklogSource(Protocol):
+    def backlog(self) -> int:
+        """Entries in the stream the learner has not booked yet."""
+        ...
 
-    def __init__(self, batch_size: int, max_staleness: int, version: int = 0, accepted: int = 0):
+
+class AdmissionState:
+    """The counters and the rule, free of Ray so the arithmetic is testable on its own.
+    (max_staleness + v + 1) x batch - (trained + backlog + running), with v x batch trained,
+    is this rule: the version only matters through what the learner has consumed."""
+
+    def __init__(self, batch_size: int, max_staleness: int, version: int = 0, backlog: int = 0):
         self.batch_size = batch_size
         self.max_staleness = max_staleness
         self.version = version
-        self.accepted = accepted
+        self.backlog = backlog
         self.running = 0
         self.stopping = False
         self.leases: dict[str, int] = defaultdict(int)
 
     def capacity(self) -> int:
-        limit = (self.max_staleness + self.version + 1) * self.batch_size
-        return limit - (self.accepted + self.running)
+        limit = (self.max_staleness + 1) * self.batch_size
+        return limit - (self.backlog + self.running)
 
     def admit(self, worker_id: str, count: int) -> None:
         self.running += count
         self.leases[worker_id] += count
 
-    def finish(self, worker_id: str, count: int, produced: bool) -> None:
+    def finish(self, worker_id: str, count: int) -> int:
+        """Return a worker's slots; only what it holds, so a late or repeated release is
+        harmless. Produced samples are counted by the backlog, not here."""
         count = min(count, self.leases[worker_id])
         self.leases[worker_id] -= count
         self.running -= count
-        if produced:
-            self.accepted += count
+        return count
 
     def forget_worker(self, worker_id: str) -> int:
         """A dead worker's admitted samples will never arrive: free their slots."""
@@ -51,17 +63,24 @@ class RolloutController:
         self,
         batch_size: int,
         max_staleness: int,
+        backlog: BacklogSource,
         version: int = 0,
-        accepted: int = 0,
         desired_workers: int = 1,
     ):
-        self._state = AdmissionState(batch_size, max_staleness, version, accepted)
+        self._state = AdmissionState(batch_size, max_staleness, version)
+        self._backlog = backlog
         self._changed = asyncio.Condition()
         self._desired_workers = desired_workers
+
+    async def _refresh(self) -> None:
+        self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
+        async with self._changed:
+            self._changed.notify_all()
 
     async def acquire(self, worker_id: str, count: int, timeout_s: float) -> int | None:
         """Returns the policy version once admitted, -1 on timeout, None when stopping."""
         state = self._state
+        await self._refresh()
         async with self._changed:
             try:
                 await asyncio.wait_for(
@@ -75,37 +94,30 @@ class RolloutController:
             state.admit(worker_id, count)
             return state.version
 
-    async def _update(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
     async def release(self, worker_id: str, count: int, produced: bool) -> None:
-        self._state.finish(worker_id, count, produced)
-        await self._update()
+        # Read the backlog first: a pushed group must be counted before its slots are freed.
+        self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
+        self._state.finish(worker_id, count)
+        await self._refresh()
 
     async def set_version(self, version: int) -> None:
         self._state.version = version
-        await self._update()
+        await self._refresh()
 
-    async def discard(self, count: int) -> None:
-        """The learner dropped `count` accepted samples (filtered or too stale): refill."""
-        self._state.accepted -= count
-        await self._update()
+    async def booked(self, count: int) -> None:
+        """The learner booked `count` entries: the backlog shrank."""
+        await self._refresh()
 
     async def forget_worker(self, worker_id: str) -> int:
+        self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
         lost = self._state.forget_worker(worker_id)
-        await self._update()
+        await self._refresh()
         return lost
-
-    async def restore(self, version: int, accepted: int) -> None:
-        """Counters of a resumed job: its policy version and the samples already admitted."""
-        self._state.version = version
-        self._state.accepted = accepted
-        await self._update()
 
     async def stop(self) -> None:
         self._state.stopping = True
-        await self._update()
+        async with self._changed:
+            self._changed.notify_all()
 
     def set_desired_workers(self, count: int) -> int:
         """Ask the driver to grow or shrink the rollout fleet (it applies this on its next
@@ -122,7 +134,7 @@ class RolloutController:
         state = self._state
         return {
             "version": state.version,
-            "accepted": state.accepted,
+            "backlog": state.backlog,
             "running": state.running,
             "capacity": state.capacity(),
             "desired_workers": self._desired_workers,
@@ -136,8 +148,8 @@ class ControllerRefill:
         self._handle = handle
         self._timeout_s = timeout_s
 
-    def discard(self, count: int) -> None:
-        ray.get(self._handle.discard.remote(count), timeout=self._timeout_s)
+    def booked(self, count: int) -> None:
+        ray.get(self._handle.booked.remote(count), timeout=self._timeout_s)
 
 
 class ControllerGate:

@@ -2,20 +2,69 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relayrl.buffer import BufferEntry, BufferStats
+from relayrl.cluster.redis_password import RedisPassword
+from relayrl.faults import fault_point
 from relayrl.trajectory import Trajectory, TrajectoryDecodeError, decode, encode
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_FIELD = b"traj"
 ID_FIELD = b"id"
+
+# Dead letters kept for inspection; their total lives in a counter, so trimming loses no count.
+DEAD_LETTER_MAXLEN = 10_000
+# A payload larger than this is refused before msgpack allocates anything for it.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+# Quarantine an entry only if it is still pending: a retried script never books it twice.
+_DEAD_LETTER_SCRIPT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local record = {'source_id', ARGV[2], 'reason', ARGV[3]}
+local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if entry[1] then
+  local fields = entry[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'traj' then
+      record[#record + 1] = 'payload'
+      record[#record + 1] = fields[i + 1]
+    end
+  end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(record))
+redis.call('INCR', KEYS[3])
+return 1
+"""
+
+# Entries admission must still count, read in one atomic step: delivered and unacknowledged
+# plus never delivered, less those the learner has booked but not yet acknowledged.
+_BACKLOG_SCRIPT = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+local last = '0-0'
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, delivered
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+  end
+  if name == ARGV[1] then last = delivered end
+end
+local undelivered = #redis.call('XRANGE', KEYS[1], '(' .. last, '+')
+local booked = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {pending, undelivered, booked}
+"""
 
 T = TypeVar("T")
 
@@ -28,6 +77,16 @@ class BufferUnavailableError(RuntimeError):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def _next_id(entry_id: str) -> str:
+    millis, sequence = _id_order(entry_id)
+    return f"{millis}-{sequence + 1}"
 
 
 class RedisStreamBuffer:
@@ -44,15 +103,21 @@ class RedisStreamBuffer:
         socket_timeout_s: float = 30.0,
         trim_acknowledged: bool = True,
         reconnect_window_s: float = 120.0,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        password: RedisPassword | None = None,
     ) -> None:
         self.url = url
         self.stream = stream
         self.group = group
         self.consumer = consumer
+        # Acknowledged entries kept when trim_acknowledged is off; never an unacknowledged one.
         self.maxlen = maxlen
         self.socket_timeout_s = socket_timeout_s
         self.trim_acknowledged = trim_acknowledged
         self.reconnect_window_s = reconnect_window_s
+        self.max_payload_bytes = max_payload_bytes
+        # Where the password is read, never the password: this object is pickled to actors.
+        self.password = password
         self._redis: redis.Redis | None = None
         # A consumer first re-reads what it was given before a restart, then new entries.
         self._replay_cursor: str | None = "0"
@@ -60,6 +125,20 @@ class RedisStreamBuffer:
     @property
     def dead_letter_stream(self) -> str:
         return f"{self.stream}:dead"
+
+    @property
+    def added_key(self) -> str:
+        """How many entries were ever added to the stream (trimming never lowers it)."""
+        return f"{self.stream}:added"
+
+    @property
+    def dead_letter_count_key(self) -> str:
+        return f"{self.stream}:dead:count"
+
+    @property
+    def booked_key(self) -> str:
+        """Entries the learner booked (trained or discarded) and has not acknowledged yet."""
+        return f"{self.stream}:booked"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -76,6 +155,8 @@ class RedisStreamBuffer:
             self.socket_timeout_s,
             self.trim_acknowledged,
             self.reconnect_window_s,
+            self.max_payload_bytes,
+            self.password,
         )
 
     @property
@@ -83,10 +164,13 @@ class RedisStreamBuffer:
         if self._redis is None:
             self._redis = redis.Redis.from_url(
                 self.url,
+                password=self.password.read() if self.password else None,
                 socket_timeout=self.socket_timeout_s,
                 socket_connect_timeout=10,
                 health_check_interval=30,
-                retry_on_timeout=True,
+                # redis-py's own silent retry would re-send a read whose reply was lost, and
+                # the entries it delivered would stay pending unseen; `_retrying` replays them.
+                retry=Retry(NoBackoff(), 0),
             )
         return self._redis
 
@@ -131,40 +215,55 @@ class RedisStreamBuffer:
         def send() -> list[Any]:
             pipe = self.client.pipeline(transaction=True)
             for fields in payloads:
-                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
-            return pipe.execute()
+                # No MAXLEN here: it would evict unread or trained-but-uncommitted entries.
+                pipe.xadd(self.stream, fields)
+            pipe.incrby(self.added_key, len(payloads))
+            return pipe.execute()[: len(payloads)]
 
-        # A retry after a lost reply may add the group twice; the learner drops duplicates by
-        # trajectory id, so a retry never trains twice on one episode.
+        # A retry after a lost reply may add the group twice; the learner books the copies as
+        # duplicates by trajectory id, so a retry never trains twice on one episode.
         return [_text(entry_id) for entry_id in self._retrying(send)]
 
-    def _dead_letter(self, entry_id: str, reason: str, fields: dict[bytes, bytes] | None) -> None:
-        record = {b"source_id": entry_id.encode(), b"reason": reason.encode()}
-        if fields and PAYLOAD_FIELD in fields:
-            record[b"payload"] = fields[PAYLOAD_FIELD]
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(self.dead_letter_stream, record)
-        pipe.xack(self.stream, self.group, entry_id)
-        pipe.execute()
-        log.warning("dead-lettered buffer entry %s: %s", entry_id, reason)
+    def dead_letter(self, entry_id: str, reason: str) -> bool:
+        """Quarantine a pending entry with its reason (acknowledged in the same atomic step);
+        False when it was no longer pending, so nothing is booked twice."""
+        moved = self._retrying(
+            lambda: self.client.eval(
+                _DEAD_LETTER_SCRIPT,
+                3,
+                self.stream,
+                self.dead_letter_stream,
+                self.dead_letter_count_key,
+                self.group,
+                entry_id,
+                reason,
+                DEAD_LETTER_MAXLEN,
+            )
+        )
+        if moved:
+            log.warning("dead-lettered buffer entry %s: %s", entry_id, reason)
+        return bool(moved)
 
     def _decode_entries(self, raw_entries: list[tuple[bytes, Any]]) -> list[BufferEntry]:
         entries = []
         for raw_id, fields in raw_entries:
             entry_id = _text(raw_id)
             if not fields:
-                self._dead_letter(
-                    entry_id, "entry was trimmed or deleted before it was acked", None
-                )
+                self.dead_letter(entry_id, "entry was trimmed or deleted before it was acked")
                 continue
             payload = fields.get(PAYLOAD_FIELD)
             if payload is None:
-                self._dead_letter(entry_id, f"no {PAYLOAD_FIELD.decode()!r} field", fields)
+                self.dead_letter(entry_id, f"no {PAYLOAD_FIELD.decode()!r} field")
+                continue
+            if len(payload) > self.max_payload_bytes:
+                self.dead_letter(
+                    entry_id, f"payload of {len(payload)} bytes over {self.max_payload_bytes}"
+                )
                 continue
             try:
                 trajectory = decode(payload)
             except TrajectoryDecodeError as exc:
-                self._dead_letter(entry_id, str(exc), fields)
+                self.dead_letter(entry_id, str(exc))
                 continue
             entries.append(BufferEntry(entry_id, trajectory))
         return entries
@@ -177,6 +276,7 @@ class RedisStreamBuffer:
         return self._retrying(lambda: self._read_once(max_count, block_ms), replay_own_pending)
 
     def _read_once(self, max_count: int, block_ms: int) -> list[BufferEntry]:
+        fault_point("mid_batch_read")
         if self._replay_cursor is not None:
             response = self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: self._replay_cursor}, count=max_count
@@ -191,23 +291,62 @@ class RedisStreamBuffer:
         )
         return self._decode_entries(response[0][1] if response else [])
 
-    def ack(self, entry_ids: Sequence[str]) -> int:
+    def book(self, count: int) -> None:
+        """The learner booked `count` entries it will acknowledge at its next commit."""
+        if count:
+            self._retrying(lambda: self.client.incrby(self.booked_key, count))
+
+    def reset_booked(self) -> None:
+        """A learner (re)starts holding nothing: what a lost one booked is pending again."""
+        self._retrying(lambda: self.client.delete(self.booked_key))
+
+    def ack(self, entry_ids: Sequence[str], booked: int = 0) -> int:
+        """Acknowledge committed entries, `booked` of which `book` counted, in one step."""
         if not entry_ids:
             return 0
-        acked = int(self._retrying(lambda: self.client.xack(self.stream, self.group, *entry_ids)))
-        if self.trim_acknowledged:
-            self._retrying(self._trim_consumed)
+
+        def send() -> int:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(self.stream, self.group, *entry_ids)
+            pipe.decrby(self.booked_key, booked)
+            return int(pipe.execute()[0])
+
+        acked = self._retrying(send)
+        self.trim()
         return acked
 
+    def backlog(self) -> int:
+        """Entries admission still counts: in the stream, not yet booked by the learner."""
+        pending, undelivered, booked = self._retrying(
+            lambda: self.client.eval(_BACKLOG_SCRIPT, 2, self.stream, self.booked_key, self.group)
+        )
+        return int(pending) + int(undelivered) - int(booked)
+
+    def trim(self) -> None:
+        """Drop acknowledged entries (all of them, or beyond `maxlen` when the history is
+        kept); never an undelivered or pending one, whatever the commit cadence."""
+        self._retrying(self._trim_consumed)
+
     def _trim_consumed(self) -> None:
-        """Drop entries every consumer has acknowledged; never an undelivered or pending one."""
         summary = self.client.xpending(self.stream, self.group)
         if summary["pending"]:
             floor = _text(summary["min"])
         else:
             groups = {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}
             floor = _text(groups[self.group]["last-delivered-id"])
+            # MINID keeps ids >= floor; the last delivered one is acknowledged too.
+            floor = _next_id(floor)
+        if not self.trim_acknowledged:
+            excess = int(self.client.xlen(self.stream)) - self.maxlen
+            if excess <= 0:
+                return
+            first_kept = self.client.xrange(self.stream, count=excess + 1)[-1][0]
+            floor = min(floor, _text(first_kept), key=_id_order)
         self.client.xtrim(self.stream, minid=floor, approximate=False)
+
+    def memory_bytes(self) -> int:
+        """What the stream takes in Redis (sampled, as MEMORY USAGE does)."""
+        return int(self._retrying(lambda: self.client.memory_usage(self.stream) or 0))
 
     def claim_abandoned(self, min_idle_ms: int) -> int:
         """Take over entries a dead consumer was given but never acknowledged."""
@@ -240,3 +379,23 @@ class RedisStreamBuffer:
         return BufferStats(
             length=length, pending=pending, undelivered=undelivered, dead_letters=dead
         )
+
+
+# In a job's output folder: where its stream lives, so `relayrl audit` finds a live run.
+BUFFER_LOCATION_FILE = "buffer.json"
+
+
+def write_buffer_location(output_dir: Path, embedded_url: str | None, stream: str) -> None:
+    """Record the stream's name and, for an embedded Redis, its loopback URL (its password is
+    made per run; the file is readable by its owner only). An external Redis is found from
+    config.yaml and its password source."""
+    path = output_dir / BUFFER_LOCATION_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"stream": stream, "embedded_url": embedded_url}, handle)
+
+
+def read_buffer_location(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / BUFFER_LOCATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

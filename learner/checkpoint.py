@@ -1,13 +1,21 @@
 """Checkpoint folders: Hugging Face weights (loadable by transformers as is), the DeepSpeed
-engine state for resuming, and a small JSON of the learner's own position."""
+engine state for resuming, and a small JSON of the learner's own position.
+
+Everything the commit depends on is durable before the next step of the commit: files are
+written to a temporary name, fsynced, renamed, and their folder fsynced (a rename is only
+durable once the directory entry is), so a power cut leaves the old file or the new one.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "learner_state.json"
 LATEST_FILE = "latest"
@@ -18,17 +26,45 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:06d}"
 
 
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    scratch = path.parent / f".{path.name}.tmp"
+    with scratch.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(scratch, path)
+    fsync_dir(path.parent)
+
+
+def sync_tree(folder: Path) -> None:
+    """Make files written by others (transformers, DeepSpeed) durable before `latest`."""
+    for current, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(Path(current) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(current))
+    fsync_dir(folder.parent)
+
+
 def write_state(folder: Path, state: dict[str, Any]) -> None:
-    scratch = folder / f".{STATE_FILE}.tmp"
-    scratch.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(scratch, folder / STATE_FILE)
+    write_atomically(folder / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
 
 
 def mark_latest(root: Path, folder: Path) -> None:
-    """Point `latest` at a folder only after everything in it is written."""
-    scratch = root / f".{LATEST_FILE}.tmp"
-    scratch.write_text(folder.name)
-    os.replace(scratch, root / LATEST_FILE)
+    """Point `latest` at a folder only after everything in it is durable."""
+    sync_tree(folder)
+    write_atomically(root / LATEST_FILE, folder.name)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -43,6 +79,12 @@ def read_state(folder: Path) -> dict[str, Any]:
     return json.loads((folder / STATE_FILE).read_text())
 
 
+def committed_step(root: Path) -> int:
+    """The step of the checkpoint `latest` names; 0 when there is none."""
+    latest = latest_checkpoint(root)
+    return int(read_state(latest)["step"]) if latest is not None else 0
+
+
 def prune(root: Path, keep: int) -> None:
     latest = latest_checkpoint(root)
     folders = sorted(p for p in root.glob("step-*") if p.is_dir())
@@ -54,28 +96,49 @@ def prune(root: Path, keep: int) -> None:
 def append_ledger(root: Path, records: list[dict[str, Any]]) -> None:
     """Record which trajectory ids each committed step trained on, durably, before the
     buffer entries are acknowledged: the audit trail that nothing was lost or used twice."""
-    with (root / LEDGER_FILE).open("a") as ledger:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LEDGER_FILE
+    created = not path.exists()
+    with path.open("a") as ledger:
         for record in records:
             ledger.write(json.dumps(record, sort_keys=True) + "\n")
         ledger.flush()
         os.fsync(ledger.fileno())
+    if created:
+        fsync_dir(root)
 
 
 def read_ledger(root: Path) -> list[dict[str, Any]]:
+    """Every complete record. A torn last line (a crash mid-append) was never committed:
+    `latest` is written after the ledger, so it is dropped, never an error."""
     path = root / LEDGER_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise
+            log.warning("dropping the torn last line of %s (a crash mid-append)", path)
+    return records
+
+
+def committed_ledger(root: Path) -> list[dict[str, Any]]:
+    """The ledger records `latest` covers: later ones belong to a step that was lost."""
+    step = committed_step(root)
+    return [record for record in read_ledger(root) if record["step"] <= step]
 
 
 def truncate_ledger(root: Path, step: int) -> list[dict[str, Any]]:
     """Keep only records of steps up to `step` (those a restored checkpoint contains)."""
     kept = [record for record in read_ledger(root) if record["step"] <= step]
-    scratch = root / f".{LEDGER_FILE}.tmp"
-    with scratch.open("w") as ledger:
-        for record in kept:
-            ledger.write(json.dumps(record, sort_keys=True) + "\n")
-        ledger.flush()
-        os.fsync(ledger.fileno())
-    os.replace(scratch, root / LEDGER_FILE)
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomically(
+        root / LEDGER_FILE, "".join(json.dumps(record, sort_keys=True) + "\n" for record in kept)
+    )
     return kept

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from relayrl.admission import SampleRefill
 from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
+from relayrl.faults import fault_point
 from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
 from relayrl.learner.batch_metrics import batch_metrics
@@ -100,6 +101,7 @@ class DeepSpeedLearner:
                 group_filter,
                 refill,
                 on_idle=publisher.serve_joins if publisher is not None else None,
+                root=Path(settings.checkpoint_dir),
             )
             if consumer is not None
             else None
@@ -144,6 +146,8 @@ class DeepSpeedLearner:
         if s.algorithm.critic is not None:
             self.value_model = ValueModel.build(s, s.algorithm.critic)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0
+        if self.intake is not None:
+            self.intake.vocab_size = model.config.vocab_size  # a larger token id is poison
         if isinstance(self.pad_id, list):
             self.pad_id = self.pad_id[0]
         self.update = PolicyUpdate(
@@ -216,6 +220,7 @@ class DeepSpeedLearner:
         state = full_state_dict(self.engine.module, self.settings.zero_stage, self.settings.rank)
         if self.settings.rank != 0 or self.publisher is None:
             return {}
+        fault_point("mid_publish")
         info = self.publisher.publish(self.version, state)
         return {"version": info.version, "checksum": info.checksum, "bytes": info.num_bytes}
 
@@ -245,10 +250,9 @@ class DeepSpeedLearner:
             # Ledger first, then `latest`, then acks: a crash between any two of them
             # re-delivers entries that the restored ledger does not count as trained.
             if self.intake is not None:
-                self.intake.write_ledger(root)
-            checkpoint.mark_latest(root, folder)
-            if self.intake is not None:
-                self.intake.acknowledge()
+                self.intake.commit(folder)
+            else:
+                checkpoint.mark_latest(root, folder)
             checkpoint.prune(root, s.keep_checkpoints)
         if s.world_size > 1:
             dist.barrier()

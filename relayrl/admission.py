@@ -6,9 +6,9 @@ from typing import Protocol
 
 
 class SampleRefill(Protocol):
-    def discard(self, count: int) -> None:
-        """`count` admitted samples will never be trained (too stale, or filtered out):
-        admit as many new ones, at once, so the step that is waiting for them can finish."""
+    def booked(self, count: int) -> None:
+        """The learner booked `count` entries (trained, discarded, dead-lettered or found
+        committed): the backlog admission counts shrank, so waiting samples may start now."""
         ...
 
 

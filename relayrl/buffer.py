@@ -35,8 +35,19 @@ class TrajectoryConsumer(Protocol):
         dead-lettered, never returned."""
         ...
 
-    def ack(self, entry_ids: Sequence[str]) -> int:
-        """Acknowledge entries whose training step is durable; returns how many were pending."""
+    def ack(self, entry_ids: Sequence[str], booked: int = 0) -> int:
+        """Acknowledge entries whose training step is durable, `booked` of which `book`
+        counted; returns how many were pending."""
+        ...
+
+    def book(self, count: int) -> None:
+        """The learner booked `count` entries (trained or discarded) that it acknowledges at
+        its next commit: admission stops counting them as backlog now."""
+        ...
+
+    def dead_letter(self, entry_id: str, reason: str) -> bool:
+        """Quarantine a pending entry with its reason, acknowledged in the same step; False
+        when it was no longer pending."""
         ...
 
     def claim_abandoned(self, min_idle_ms: int) -> int:

@@ -102,6 +102,12 @@ class BufferConfig(Section):
     fsync: Literal["always", "everysec"] = "always"
     # Drop acknowledged entries from the stream; off keeps the full history for auditing.
     trim_acknowledged: bool = True
+    memory_budget_mb: int = Field(
+        512,
+        ge=1,
+        description="Most memory the stream may take in Redis: over it, the job commits a "
+        "checkpoint at the end of the step, so its entries are acknowledged and trimmed",
+    )
 
 
 class LearnerConfig(Section):

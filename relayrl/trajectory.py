@@ -120,7 +120,26 @@ def encode(traj: Trajectory) -> bytes:
         "error": traj.error,
         **{name: getattr(traj, name).tobytes() for name in _ARRAY_DTYPES},
     }
-    return msgpack.packb(payload, use_bin_type=True)
+    return msgpack.packb(payload, use_bin_type=True, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars and arrays in task metadata travel as the Python values they hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} in a trajectory")
+
+
+def _check_wire_values(traj: Trajectory) -> None:
+    """Values a producer never writes: a payload holding them is corrupt or hostile."""
+    if traj.tokens.size and traj.tokens.min() < 0:
+        raise TrajectoryDecodeError(f"negative token id {int(traj.tokens.min())}")
+    if traj.loss_mask.size and traj.loss_mask.max() > 1:
+        raise TrajectoryDecodeError("loss_mask holds values other than 0 and 1")
+    if traj.versions.size and traj.versions.min() < NO_VERSION:
+        raise TrajectoryDecodeError(f"policy version {int(traj.versions.min())} below -1")
 
 
 def _field(payload: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:
@@ -157,7 +176,8 @@ def _turn(raw: Any) -> Turn:
 def decode(data: bytes) -> Trajectory:
     """Decode and validate one payload; raises TrajectoryDecodeError on anything malformed."""
     try:
-        payload = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        # Task metadata may key maps by integers; every schema field is still checked below.
+        payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise TrajectoryDecodeError(f"not a msgpack payload: {exc}") from exc
     if not isinstance(payload, dict):
@@ -171,7 +191,7 @@ def decode(data: bytes) -> Trajectory:
     if error is not None and not isinstance(error, str):
         raise TrajectoryDecodeError(f"field 'error' has type {type(error).__name__}")
     try:
-        return Trajectory(
+        trajectory = Trajectory(
             id=_field(payload, "id", str),
             group_id=_field(payload, "group_id", str),
             task=_field(payload, "task", dict),
@@ -191,3 +211,5 @@ def decode(data: bytes) -> Trajectory:
         if isinstance(exc, TrajectoryDecodeError):
             raise
         raise TrajectoryDecodeError(f"invalid field value: {exc}") from exc
+    _check_wire_values(trajectory)
+    return trajectory

@@ -1,17 +1,24 @@
 from __future__ import annotations
 
+import numpy as np
+
 from relayrl.cluster.controller import AdmissionState
+from relayrl.cluster.redis_buffer import RedisStreamBuffer
+from relayrl.trajectory import Trajectory
 
 
-def test_synchronous_mode_admits_one_batch_per_version() -> None:
+def test_synchronous_mode_admits_one_batch_until_the_learner_books_it() -> None:
     state = AdmissionState(batch_size=8, max_staleness=0)
     assert state.capacity() == 8
     state.admit("w0", 4)
     state.admit("w1", 4)
     assert state.capacity() == 0
-    state.finish("w0", 4, produced=True)
-    state.finish("w1", 4, produced=True)
-    assert state.capacity() == 0  # nothing more until the learner moves to version 1
+    # Pushed groups are in the stream (the backlog) before their slots come back.
+    state.backlog = 8
+    state.finish("w0", 4)
+    state.finish("w1", 4)
+    assert state.capacity() == 0  # nothing more until the learner has booked them
+    state.backlog = 0
     state.version = 1
     assert state.capacity() == 8
 
@@ -19,23 +26,57 @@ def test_synchronous_mode_admits_one_batch_per_version() -> None:
 def test_staleness_k_lets_generation_run_k_versions_ahead() -> None:
     state = AdmissionState(batch_size=4, max_staleness=2)
     assert state.capacity() == 12
-    state.accepted = 12
+    state.backlog = 12
     assert state.capacity() == 0
-    state.version = 1
+    state.backlog = 8  # the learner trained one batch
     assert state.capacity() == 4
 
 
-def test_dead_worker_leases_are_released() -> None:
+def test_dead_worker_leases_are_released_once() -> None:
     state = AdmissionState(batch_size=4, max_staleness=0)
     state.admit("w0", 4)
     assert state.capacity() == 0
     assert state.forget_worker("w0") == 4
     assert state.capacity() == 4 and state.running == 0
     assert state.forget_worker("w0") == 0
+    assert state.finish("w0", 4) == 0  # a late release of a forgotten lease returns nothing
+    assert state.running == 0
 
 
-def test_failed_samples_do_not_count_as_accepted() -> None:
+def test_failed_samples_give_their_slots_back() -> None:
     state = AdmissionState(batch_size=4, max_staleness=0)
     state.admit("w0", 4)
-    state.finish("w0", 4, produced=False)
-    assert state.accepted == 0 and state.capacity() == 4
+    state.finish("w0", 4)
+    assert state.capacity() == 4
+
+
+def _traj() -> Trajectory:
+    return Trajectory(
+        group_id="g",
+        tokens=np.arange(3),
+        prompt_len=1,
+        loss_mask=[0, 1, 1],
+        logprobs=[0, -1, -1],
+        versions=[-1, 0, 0],
+        reward=0.0,
+    )
+
+
+def test_backlog_counts_unbooked_stream_entries(redis_server) -> None:
+    """What admission counts comes from the stream: a push that was never released (its
+    worker died) is counted, booked entries are not, acknowledged ones are gone."""
+    buffer = RedisStreamBuffer(redis_server.url, "adm:stream")
+    buffer.ensure_group()
+    assert buffer.backlog() == 0
+    buffer.push([_traj(), _traj()])  # the worker is killed before it releases its slots
+    assert buffer.backlog() == 2
+    entries = buffer.read(10, block_ms=10)
+    assert buffer.backlog() == 2  # delivered, not yet booked
+    buffer.book(2)
+    assert buffer.backlog() == 0
+    buffer.ack([e.entry_id for e in entries], booked=2)
+    assert buffer.backlog() == 0
+    buffer.push([_traj()])
+    buffer.book(0)
+    buffer.reset_booked()
+    assert buffer.backlog() == 1
