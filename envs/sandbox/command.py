@@ -14,7 +14,8 @@ from relayrl.envs.sandbox.tools import SYSTEM_PREFIX, HostTools
 SCRATCH = PurePosixPath("/scratch")
 # Top-level entries that point into /usr on merged-/usr systems and hold libraries elsewhere.
 _SYSTEM_ROOTS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+# Debian's alternatives are symlinks that libraries under /usr resolve through (libblas for numpy).
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
 # bwrap runs a monitor outside and an init inside the namespace besides the program.
 _BWRAP_PROCESSES = 2
 

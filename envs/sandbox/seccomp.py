@@ -33,6 +33,10 @@ _X32_SYSCALL_BIT = 0x40000000
 # CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
 # CLONE_NEWNET; clone()'s flags are its first argument on both architectures.
 _CLONE_NAMESPACE_FLAGS = 0x7E020000
+# personality() may only be asked (0xffffffff) or set to plain Linux: other personas turn off
+# address-space randomisation or make reads imply exec for the programs the caller execs.
+_PERSONALITY_QUERY = 0xFFFFFFFF
+_PER_LINUX = 0
 
 # Names with no number on an architecture (x86's port I/O on arm64) are skipped there.
 DENIED_SYSCALLS = (
@@ -42,7 +46,7 @@ DENIED_SYSCALLS = (
     "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr", "unshare", "setns",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "open_by_handle_at", "fanotify_init", "lookup_dcookie", "quotactl", "quotactl_fd",
-    "syslog", "acct", "swapon", "swapoff", "reboot", "iopl", "ioperm",
+    "syslog", "acct", "swapon", "swapoff", "reboot", "iopl", "ioperm", "uselib",
 )  # fmt: skip
 # ENOSYS rather than EPERM so that callers fall back: liburing users to plain I/O, glibc's
 # clone3 (which cBPF cannot inspect, its flags live in memory) to clone, checked below.
@@ -71,6 +75,7 @@ _X86_64 = {
     "unshare": 272, "perf_event_open": 298, "fanotify_init": 300, "open_by_handle_at": 304,
     "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312,
     "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323,
+    "uselib": 134, "personality": 135,
 }  # fmt: skip
 _AARCH64 = {
     "lookup_dcookie": 18, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51,
@@ -79,7 +84,7 @@ _AARCH64 = {
     "request_key": 218, "keyctl": 219, "clone": 220, "swapon": 224, "swapoff": 225,
     "perf_event_open": 241, "fanotify_init": 262, "open_by_handle_at": 265, "setns": 268,
     "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272, "finit_module": 273,
-    "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
+    "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294, "personality": 92,
 }  # fmt: skip
 ARCHITECTURES = {
     "x86_64": Architecture(0xC000003E, {**_SHARED, **_X86_64}, has_x32_abi=True),
@@ -114,6 +119,12 @@ def filter_program(machine: str) -> bytes:
     for name in UNIMPLEMENTED_SYSCALLS:
         program += _return_if(arch.numbers[name], errno_enosys)
     program += [
+        (_JEQ_K, 0, 5, arch.numbers["personality"]),
+        (_LD_W_ABS, 0, 0, _ARG0_LOW_OFFSET),
+        (_JEQ_K, 2, 0, _PERSONALITY_QUERY),
+        (_JEQ_K, 1, 0, _PER_LINUX),
+        (_RET_K, 0, 0, errno_eperm),
+        (_RET_K, 0, 0, _RET_ALLOW),
         (_JEQ_K, 0, 3, arch.numbers["clone"]),
         (_LD_W_ABS, 0, 0, _ARG0_LOW_OFFSET),
         (_JSET_K, 0, 1, _CLONE_NAMESPACE_FLAGS),
