@@ -1,23 +1,26 @@
-"""A CPU inference engine on plain `transformers` generate, behind the Engine protocol."""
+"""A CPU inference engine on plain `transformers` models, behind the Engine protocol.
+
+Concurrent `generate` calls share one forward pass: a scheduler thread keeps a running batch
+over a KV cache and, at every token, admits the requests that are waiting (prefilled
+left-padded, then merged into the batch) and retires the rows that finished, so the model
+sees every sequence in flight at once (continuous batching)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GenerationConfig,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
-from relayrl.actors.stop_strings import StopOnStrings
+from relayrl.actors.stop_strings import StopStrings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -28,6 +31,78 @@ class TransformersSettings:
     dtype: str = "float32"
     torch_threads: int = 1
     seed: int = 0
+    # Sequences in one forward pass at most; further requests wait for rows to finish.
+    max_batch_rows: int = 256
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt_ids: list[int]
+    settings: SamplingSettings
+    n: int
+    stop_ids: frozenset[int]
+    stop_strings: StopStrings | None
+    # Each request draws from its own stream, so its samples never depend on its batch-mates.
+    generator: torch.Generator
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Completion]]
+    completions: list[Completion | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.completions = [None] * self.n
+
+    def settle(self, result: list[Completion] | None, error: BaseException | None) -> None:
+        _deliver(self.loop, self.future, result, error)
+
+
+def _deliver(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    """Complete an asyncio future from the scheduler thread."""
+    # A closed loop means nobody waits for this future any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled by its caller
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+@dataclass(eq=False)
+class _Row:
+    """One sequence of the running batch: sample `index` of its request."""
+
+    request: _Request
+    index: int
+    version: int
+    position: int  # position id of the next token fed to the model
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Load:
+    state: Mapping[str, torch.Tensor]
+    version: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Zeros before `tensor` along `dim` (counted from the end) up to `length`."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    pad = [0, 0] * (-dim - 1) + [missing, 0]
+    return F.pad(tensor, pad)
 
 
 class TransformersEngine:
@@ -42,115 +117,326 @@ class TransformersEngine:
         tokenizer: Any = None,
     ) -> None:
         torch.set_num_threads(settings.torch_threads)
+        self._settings = settings
         self._model = AutoModelForCausalLM.from_pretrained(
             settings.model_path, dtype=_DTYPES[settings.dtype]
         )
         self._model.eval()
+        self._vocab = self._model.get_input_embeddings().num_embeddings
         self._eos = eos_token_ids
         self._tokenizer = tokenizer
         self._version = 0
-        # Requests without a seed draw from the process's stream: start it per engine.
-        torch.manual_seed(settings.seed)
-        # Generation and weight loading must not interleave on the same module.
-        self._lock = threading.Lock()
-        self._interrupted = threading.Event()
+        # Requests without a seed get one from this stream, in the order they arrive.
+        self._seeds = random.Random(settings.seed)
+        # Shared with the scheduler thread, under `_wake`.
+        self._wake = threading.Condition()
+        self._pending: list[_Request] = []
+        self._loads: list[_Load] = []
+        self._interrupt = False
+        self._closed = False
+        # The running batch: owned by the scheduler thread.
+        self._rows: list[_Row] = []
+        self._complete: list[_Request] = []
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._logits = torch.zeros(0, 0)
+        # The most sequences and requests one forward pass has held (observability).
+        self.peak_rows = 0
+        self.peak_requests = 0
+        self._thread = threading.Thread(target=self._serve, name="hf-engine", daemon=True)
+        self._thread.start()
 
     @property
     def version(self) -> int:
         return self._version
 
-    def _generation_config(self, settings: SamplingSettings) -> GenerationConfig:
-        stop = tuple(dict.fromkeys((*self._eos, *settings.stop_token_ids)))
-        return GenerationConfig(
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=0,
-            max_new_tokens=settings.max_new_tokens,
-            eos_token_id=list(stop) or None,
-            # Padding only follows a stop token; with none, any id will do.
-            pad_token_id=stop[0] if stop else 0,
-            return_dict_in_generate=True,
-            output_scores=True,
-        )
-
-    def _generate_sync(
-        self, prompt_ids: list[int], settings: SamplingSettings, n: int
-    ) -> list[Completion]:
-        config = self._generation_config(settings)
-        stop = set(config.eos_token_id or ())
-        inputs = torch.tensor([prompt_ids] * n, dtype=torch.long)
-        criteria = StoppingCriteriaList([_StopWhenSet(self._interrupted)])
-        stop_strings = None
-        if settings.stop_strings:
-            if self._tokenizer is None:
-                raise ValueError("stop strings need the engine to be given the tokenizer")
-            stop_strings = StopOnStrings(
-                self._tokenizer, settings.stop_strings, len(prompt_ids), rows=n
-            )
-            criteria.append(stop_strings)
-        with self._lock, torch.inference_mode():
-            self._interrupted.clear()
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            version = self._version
-            out = self._model.generate(
-                input_ids=inputs,
-                attention_mask=torch.ones_like(inputs),
-                generation_config=config,
-                stopping_criteria=criteria,
-            )
-        new_tokens = out.sequences[:, len(prompt_ids) :]
-        # scores are the processed logits (after temperature and top-p) of every step.
-        step_logprobs = torch.stack(out.scores, dim=1).float().log_softmax(dim=-1)
-        sampled = step_logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        completions = []
-        for row in range(n):
-            tokens = new_tokens[row].tolist()
-            ends = [i + 1 for i, tok in enumerate(tokens) if tok in stop][:1]
-            if stop_strings is not None and stop_strings.stopped_at[row] is not None:
-                ends.append(stop_strings.stopped_at[row])
-            length = min(ends, default=len(tokens))
-            finish: FinishReason = "stop" if ends else "length"
-            cut_short = len(tokens) < settings.max_new_tokens
-            if not ends and cut_short and self._interrupted.is_set():
-                finish = "abort"
-            completions.append(
-                Completion(
-                    token_ids=tokens[:length],
-                    logprobs=sampled[row, :length].tolist(),
-                    finish_reason=finish,
-                    versions=[version] * length,
-                )
-            )
-        return completions
-
-    def interrupt(self) -> None:
-        """End the running generation at the next token; unfinished rows return "abort"."""
-        self._interrupted.set()
+    @property
+    def rows_in_flight(self) -> int:
+        """Sequences in the running batch now."""
+        return len(self._rows)
 
     async def generate(
         self, prompt_ids: list[int], settings: SamplingSettings, n: int
     ) -> list[Completion]:
-        return await asyncio.to_thread(self._generate_sync, prompt_ids, settings, n)
+        if settings.stop_strings and self._tokenizer is None:
+            raise ValueError("stop strings need the engine to be given the tokenizer")
+        if not prompt_ids or not all(0 <= t < self._vocab for t in prompt_ids):
+            raise ValueError(f"a prompt needs at least one token, each in [0, {self._vocab})")
+        if n < 1:
+            return []
+        loop = asyncio.get_running_loop()
+        seed = settings.seed if settings.seed is not None else self._seeds.randrange(2**63)
+        request = _Request(
+            prompt_ids=list(prompt_ids),
+            settings=settings,
+            n=n,
+            stop_ids=frozenset((*self._eos, *settings.stop_token_ids)),
+            stop_strings=(
+                StopStrings(self._tokenizer, settings.stop_strings)
+                if settings.stop_strings
+                else None
+            ),
+            generator=torch.Generator().manual_seed(seed),
+            loop=loop,
+            future=loop.create_future(),
+        )
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._pending.append(request)
+            self._wake.notify()
+        return await request.future
 
-    def _load_sync(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        with self._lock, torch.no_grad():
-            self._model.load_state_dict(dict(state), strict=True)
-            self._version = version
+    def interrupt(self) -> None:
+        """End every running and waiting request at the next token; their unfinished samples
+        return "abort" with what they have so far (weight-update interrupt)."""
+        with self._wake:
+            self._interrupt = True
+            self._wake.notify()
 
     async def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        await asyncio.to_thread(self._load_sync, state, version)
+        """Load once the running rows have finished; requests arriving meanwhile wait, so a
+        sample never mixes versions."""
+        loop = asyncio.get_running_loop()
+        load = _Load(state, version, loop, loop.create_future())
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._loads.append(load)
+            self._wake.notify()
+        await load.future
 
     async def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        await asyncio.to_thread(self._thread.join)
         self._model = None
 
+    # ---- the scheduler thread ----
 
-class _StopWhenSet(StoppingCriteria):
-    def __init__(self, flag: threading.Event) -> None:
-        self._flag = flag
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(
+                    lambda: (
+                        self._closed
+                        or self._interrupt
+                        or self._loads
+                        or self._pending
+                        or self._rows
+                    )
+                )
+                if self._closed:
+                    break
+                interrupted, self._interrupt = self._interrupt, False
+                aborted = self._pending if interrupted else []
+                if interrupted:
+                    self._pending = []
+                load = self._loads.pop(0) if self._loads and not self._rows else None
+                admitted = [] if self._loads or load else self._take_pending()
+            try:
+                with torch.inference_mode():
+                    self._step(interrupted, aborted, load, admitted)
+            except Exception as exc:  # the batch is lost, the engine is not
+                self._fail(admitted, exc)
+        self._fail(self._pending + self._take_loads(), RuntimeError("the engine is closed"))
 
-    def __call__(
-        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object
+    def _take_pending(self) -> list[_Request]:
+        room = self._settings.max_batch_rows - len(self._rows)
+        taken = []
+        while self._pending and (self._pending[0].n <= room or not (taken or self._rows)):
+            request = self._pending.pop(0)
+            room -= request.n
+            taken.append(request)
+        return taken
+
+    def _take_loads(self) -> list[_Load]:
+        loads, self._loads = self._loads, []
+        return loads
+
+    def _step(
+        self,
+        interrupted: bool,
+        aborted: list[_Request],
+        load: _Load | None,
+        admitted: list[_Request],
+    ) -> None:
+        for request in aborted:
+            request.settle([Completion([], [], "abort", []) for _ in range(request.n)], None)
+        if interrupted:
+            for row in self._rows:
+                self._finish(row, "abort")
+            self._retain([])
+            self._deliver_complete()
+        if load is not None:
+            try:
+                with torch.no_grad():
+                    self._model.load_state_dict(dict(load.state), strict=True)
+                self._version = load.version
+                error = None
+            except Exception as exc:
+                error = exc
+            _deliver(load.loop, load.future, None, error)
+        if admitted:
+            self._admit([r for r in admitted if not r.future.done()])
+        if self._rows:
+            self._sample_and_advance()
+
+    def _fail(self, requests: list[Any], error: BaseException) -> None:
+        """Fail what this step was serving (the running rows and the requests it admitted)."""
+        doomed = {id(row.request): row.request for row in self._rows}
+        doomed.update({id(item): item for item in requests})
+        self._retain([])
+        for item in doomed.values():
+            if isinstance(item, _Load):
+                _deliver(item.loop, item.future, None, error)
+            else:
+                item.settle(None, error)
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
     ) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool)
+        out = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
+
+    def _admit(self, requests: list[_Request]) -> None:
+        """Prefill each new prompt once (left-padded), then merge its n rows into the batch."""
+        if not requests:
+            return
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.zeros(len(requests), width, dtype=torch.long)
+        mask = torch.zeros(len(requests), width, dtype=torch.long)
+        for i, request in enumerate(requests):
+            ids[i, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            mask[i, width - len(request.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self._model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        expand = torch.tensor([i for i, r in enumerate(requests) for _ in range(r.n)])
+        rows = [
+            _Row(request, index, self._version, len(request.prompt_ids))
+            for request in requests
+            for index in range(request.n)
+        ]
+        if self._cache is None:
+            self._cache = cache
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[expand], layer.values[expand]
+            self._mask, self._logits = mask[expand], logits[expand]
+        else:
+            length = max(width, self._mask.shape[1])
+            for old, new in zip(self._cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat(
+                    [_left_pad(old.keys, length, -2), _left_pad(new.keys[expand], length, -2)]
+                )
+                old.values = torch.cat(
+                    [_left_pad(old.values, length, -2), _left_pad(new.values[expand], length, -2)]
+                )
+            self._mask = torch.cat(
+                [_left_pad(self._mask, length, -1), _left_pad(mask[expand], length, -1)]
+            )
+            self._logits = torch.cat([self._logits, logits[expand]])
+        self._rows += rows
+
+    def _sample_and_advance(self) -> None:
+        # Rows whose caller gave up (cancelled) stop here.
+        self._retain([i for i, row in enumerate(self._rows) if not row.request.future.done()])
+        rows = self._rows
+        if not rows:
+            return
+        self.peak_rows = max(self.peak_rows, len(rows))
+        self.peak_requests = max(self.peak_requests, len({id(row.request) for row in rows}))
+        # The processed logits HF generate would return as scores: temperature, then top-p.
+        temperature = torch.tensor([[row.request.settings.temperature] for row in rows])
+        scores = self._logits / temperature
+        top_p = torch.tensor([[row.request.settings.top_p] for row in rows])
+        if bool((top_p < 1).any()):
+            ordered, order = torch.sort(scores, descending=False)
+            drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+            drop[:, -1:] = False
+            scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        logprobs = scores.log_softmax(dim=-1)
+        # Inverse-CDF sampling with one uniform per sample of a request and step, drawn even
+        # for its finished rows: a row's draws depend neither on its batch-mates nor on when
+        # its siblings stop.
+        uniforms = torch.empty(len(rows))
+        by_request: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_request.setdefault(id(row.request), []).append(i)
+        for indices in by_request.values():
+            request = rows[indices[0]].request
+            draws = torch.rand(request.n, generator=request.generator)
+            uniforms[indices] = draws[[rows[i].index for i in indices]]
+        cdf = logprobs.exp().cumsum(dim=-1)
+        targets = (uniforms.unsqueeze(1) * cdf[:, -1:]).contiguous()
+        tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+        sampled = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            row.tokens.append(token)
+            row.logprobs.append(sampled[i])
+            request = row.request
+            stop_strings = request.stop_strings
+            if token in request.stop_ids or (
+                stop_strings is not None and stop_strings.matched(row.tokens)
+            ):
+                self._finish(row, "stop")
+            elif len(row.tokens) >= request.settings.max_new_tokens:
+                self._finish(row, "length")
+            else:
+                keep.append(i)
+        fed = tokens[keep].unsqueeze(1)
+        self._retain(keep)
+        self._deliver_complete()
+        if not self._rows:
+            return
+        assert self._cache is not None
+        positions = torch.tensor([[row.position] for row in self._rows])
+        for row in self._rows:
+            row.position += 1
+        self._mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long)], 1)
+        self._logits = self._forward(fed, self._mask, positions, self._cache)
+
+    def _retain(self, keep: list[int]) -> None:
+        """Keep only rows `keep` of the batch, and drop cache columns no row attends to."""
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache = [], None
+            self._mask, self._logits = torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0)
+            return
+        index = torch.tensor(keep)
+        mask = self._mask[index]
+        first = int(mask.any(dim=0).long().argmax())
+        mask = mask[:, first:]
+        assert self._cache is not None
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, first:]
+            layer.values = layer.values[index, :, first:]
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._logits = mask, self._logits[index]
+
+    def _finish(self, row: _Row, reason: FinishReason) -> None:
+        request = row.request
+        request.completions[row.index] = Completion(
+            token_ids=row.tokens,
+            logprobs=row.logprobs,
+            finish_reason=reason,
+            versions=[row.version] * len(row.tokens),
+        )
+        if all(c is not None for c in request.completions):
+            self._complete.append(request)
+
+    def _deliver_complete(self) -> None:
+        """Hand finished requests back once their rows have left the batch."""
+        complete, self._complete = self._complete, []
+        for request in complete:
+            request.settle(list(request.completions), None)  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
 """Weight updates that interrupt generation (rollout.weight_update: interrupt).
 
-Wraps an engine: while it generates, a watcher polls the published policy version; when a
-newer one appears, the engine is interrupted at the next token boundary, the new weights are
-loaded, and each unfinished sample continues from exactly the tokens it has, under the new
-weights. Every sampled token keeps the version that produced it."""
+Wraps an engine: while any call generates, one watcher polls the published policy version;
+when a newer one appears, the engine is interrupted at the next token boundary, the new
+weights are loaded, and each unfinished sample continues from exactly the tokens it has,
+under the new weights (all of them at once, so a batching engine resumes them together).
+Every sampled token keeps the version that produced it."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class ResumingEngine:
         self._update = update
         self._poll_s = poll_s
         self.interruptions = 0
+        # One watcher serves every call in flight; it stops when the last one returns.
+        self._in_flight = 0
+        self._watcher: asyncio.Task[None] | None = None
+        # Resumed samples wait for one load, not one each.
+        self._update_lock = asyncio.Lock()
 
     @property
     def version(self) -> int:
@@ -58,33 +64,49 @@ class ResumingEngine:
             if latest is not None and latest > self.inner.version:
                 self.inner.interrupt()
                 self.interruptions += 1
-                return
 
     async def _generate_watched(
         self, prompt_ids: list[int], settings: SamplingSettings, n: int
     ) -> list[Completion]:
-        watcher = asyncio.create_task(self._watch())
+        self._in_flight += 1
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch())
         try:
             return await self.inner.generate(prompt_ids, settings, n)
         finally:
-            watcher.cancel()
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._watcher is not None:
+                self._watcher.cancel()
+                self._watcher = None
+
+    async def _resume(
+        self, prompt_ids: list[int], settings: SamplingSettings, completion: Completion
+    ) -> Completion:
+        while completion.finish_reason == "abort":
+            async with self._update_lock:
+                await self._update()
+            remaining = settings.max_new_tokens - len(completion.token_ids)
+            if remaining < 1:
+                return dataclasses.replace(completion, finish_reason="length")
+            resume = dataclasses.replace(settings, max_new_tokens=remaining)
+            [tail] = await self._generate_watched(prompt_ids + completion.token_ids, resume, 1)
+            completion = merge(completion, tail)
+        return completion
 
     async def generate(
         self, prompt_ids: list[int], settings: SamplingSettings, n: int
     ) -> list[Completion]:
         completions = await self._generate_watched(prompt_ids, settings, n)
-        for index, completion in enumerate(completions):
-            while completion.finish_reason == "abort":
-                await self._update()
-                remaining = settings.max_new_tokens - len(completion.token_ids)
-                if remaining < 1:
-                    completion = dataclasses.replace(completion, finish_reason="length")
-                    break
-                resume = dataclasses.replace(settings, max_new_tokens=remaining)
-                [tail] = await self._generate_watched(prompt_ids + completion.token_ids, resume, 1)
-                completion = merge(completion, tail)
-            completions[index] = completion
-        return completions
+        resumed = [
+            asyncio.create_task(self._resume(prompt_ids, settings, completion))
+            for completion in completions
+        ]
+        try:
+            return list(await asyncio.gather(*resumed))
+        except BaseException:
+            for task in resumed:
+                task.cancel()
+            raise
 
     async def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         await self.inner.update_weights(state, version)
