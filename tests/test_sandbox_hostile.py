@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from relayrl.envs.sandbox.confinement import host_confinements
+
 # The one place that knows how the CLI is invoked (to become `relayrl sandbox` once wired).
 SANDBOX_CLI = [sys.executable, "-m", "relayrl.cli", "sandbox"]
 # Interpreter start-up, the host check and a loaded 2-core machine, on top of --timeout.
@@ -143,6 +145,9 @@ def test_memory_bomb_reports_memory(tmp_path: Path) -> None:
 
 
 def test_memory_bomb_in_children_is_capped_in_total(tmp_path: Path) -> None:
+    memory = next(found for found in host_confinements() if found.name == "cgroup memory")
+    if not memory.active:
+        pytest.skip(f"only a memory cgroup caps the total, and this host has none: {memory.detail}")
     # Each child stays under the per-process cap; together they pass it.
     result = run_sandbox_cli(
         tmp_path,
@@ -161,9 +166,7 @@ def test_memory_bomb_in_children_is_capped_in_total(tmp_path: Path) -> None:
         "--memory-mb",
         "128",
     )
-    assert result["status"] in {"memory", "ok"}
-    if result["status"] == "ok":  # no writable cgroup: only the per-process cap held
-        assert result["stdout"] == "[0, 0, 0, 0, 0, 0]\n"
+    assert result["status"] == "memory", result
 
 
 def test_infinite_loop_times_out(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-from relayrl.envs.sandbox.cgroup import DELEGATED_CGROUP_ENV, SandboxCgroup
+from relayrl.envs.sandbox.cgroup import SandboxCgroup
 from relayrl.envs.sandbox.host import check_host
 from relayrl.envs.sandbox.limits import MIB, SandboxLimits
 from relayrl.envs.sandbox.runner import run_python
@@ -128,8 +128,7 @@ def _seccomp(seen: dict[str, Any]) -> Confinement:
 def _cgroup(cgroup: SandboxCgroup, controller: str) -> Confinement:
     name = f"cgroup {controller}"
     if controller in cgroup.missing:
-        hint = f"; set {DELEGATED_CGROUP_ENV} to a delegated cgroup v2 directory"
-        return Confinement(name, False, cgroup.missing[controller] + hint)
+        return Confinement(name, False, cgroup.missing[controller])
     return Confinement(name, True, f"a cgroup per run under {cgroup.capped_by[controller].parent}")
 
 
