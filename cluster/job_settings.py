@@ -42,6 +42,7 @@ def learner_settings(config: JobConfig, model_path: str, output_dir: Path) -> Le
         read_block_ms=config.buffer.read_block_ms,
         max_staleness=config.trainer.max_staleness,
         seed=config.trainer.seed,
+        gpus_per_rank=lc.gpus_per_rank,
     )
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,39 @@ from relayrl.weights import WeightPublisher
 
 log = logging.getLogger(__name__)
 
+# What a collective may wait beyond a batch read: rank 0's publish and checkpoint writes.
+COLLECTIVE_SLACK_S = 900.0
+
+
+class LearnerDeviceError(RuntimeError):
+    """A GPU learner rank found no usable CUDA device."""
+
+
+def learner_device(gpus_per_rank: int, cuda_available: bool, cuda_build: str | None) -> str:
+    """The rank's device from `learner.gpus_per_rank`, never from what the machine happens to
+    have: a CPU rank on a GPU box stays on CPU, a GPU rank without CUDA refuses to train."""
+    if gpus_per_rank == 0:
+        return "cpu"
+    if cuda_build is None:
+        raise LearnerDeviceError(
+            "learner.gpus_per_rank is 1 but this torch is a CPU build; install the GPU build "
+            "(bash scripts/install.sh --gpu) or set learner.gpus_per_rank: 0"
+        )
+    if not cuda_available:
+        raise LearnerDeviceError(
+            f"learner.gpus_per_rank is 1 but this rank sees no usable CUDA device (torch built "
+            f"for CUDA {cuda_build}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): the NVIDIA driver must "
+            f"support CUDA {cuda_build} (nvidia-smi shows the highest it supports)"
+        )
+    return "cuda"
+
+
+def collective_timeout(batch_timeout_s: float) -> timedelta:
+    """Ranks >= 1 wait in the batch broadcast while rank 0 reads for up to batch_timeout_s:
+    the process group must outlast that read, or DeepSpeed's default (10 min) kills the job."""
+    return timedelta(seconds=batch_timeout_s + COLLECTIVE_SLACK_S)
+
 
 @dataclass(frozen=True)
 class LearnerSettings:
@@ -68,6 +102,8 @@ class LearnerSettings:
     # Groups older than this many versions at read time are discarded (counted, never silent).
     max_staleness: int | None = None
     seed: int = 0
+    # 0: the rank trains on CPU (gloo) even where GPUs exist; 1: on its own GPU (NCCL).
+    gpus_per_rank: int = 0
 
 
 class DeepSpeedLearner:
@@ -117,12 +153,16 @@ class DeepSpeedLearner:
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group and build the engine; every rank calls this concurrently."""
-        on_gpu = torch.cuda.is_available()
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
+        s = self.settings
+        if s.gpus_per_rank == 0:
+            # Hidden before anything touches CUDA, so no library picks a GPU behind our back.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        device = learner_device(s.gpus_per_rank, torch.cuda.is_available(), torch.version.cuda)
+        on_gpu = device == "cuda"
+        os.environ["DS_ACCELERATOR"] = device
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        s = self.settings
         torch.manual_seed(s.seed)
         torch.set_num_threads(s.torch_threads)
         os.environ.update(
@@ -135,7 +175,11 @@ class DeepSpeedLearner:
         )
         if on_gpu:
             torch.cuda.set_device(0)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if on_gpu else "gloo",
+            verbose=False,
+            timeout=collective_timeout(s.batch_timeout_s),
+        )
         model = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=torch.float32)
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable()
