@@ -3,14 +3,23 @@ everyday Python (threads, subprocesses, numpy) keeps working under it."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import platform
 import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from relayrl.envs.sandbox import SandboxLimits, SandboxUnavailable, run_python
 from relayrl.envs.sandbox.seccomp import ARCHITECTURES, filter_program
+from relayrl.envs.sandbox.staging import memory_file
+
+REPO = Path(__file__).resolve().parents[1]
 
 LIMITS = SandboxLimits(wall_s=10.0, cpu_s=5)
 MACHINE = platform.machine()
@@ -193,3 +202,35 @@ def test_each_architecture_gets_a_filter_the_kernel_accepts(machine: str) -> Non
 def test_an_architecture_without_a_table_cannot_sandbox() -> None:
     with pytest.raises(SandboxUnavailable, match="riscv64"):
         filter_program("riscv64")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="an outer bwrap without a user namespace needs root")
+@needs_known_architecture
+def test_the_container_profile_leaves_the_sandbox_working(tmp_path: Path) -> None:
+    """docker/seccomp-sandbox.json replaces seccomp=unconfined in the manifests: under the
+    calls it refuses (those with a number in our table), bwrap still builds the sandbox."""
+    profile = json.loads((REPO / "docker" / "seccomp-sandbox.json").read_text())
+    numbers = ARCHITECTURES[MACHINE].numbers
+    refused = [name for rule in profile["syscalls"] for name in rule["names"] if name in numbers]
+    assert {"setns", "keyctl", "bpf", "io_uring_setup", "fsopen"} <= set(refused)
+    outer = [(0x20, 0, 0, 0)]  # load the syscall number
+    for name in refused:
+        outer += [(0x15, 0, 1, numbers[name]), (0x06, 0, 0, 0x00050000 | errno.EPERM)]
+    outer += [(0x06, 0, 0, 0x7FFF0000)]
+    fd = memory_file("container-profile", b"".join(struct.pack("<HBBI", *op) for op in outer))
+    program = tmp_path / "program.py"
+    program.write_text("import os\nprint('inside', os.getpid())\n")
+    sandbox = [sys.executable, "-m", "relayrl.cli", "sandbox", "run", str(program)]
+    try:
+        completed = subprocess.run(
+            ["bwrap", "--dev-bind", "/", "/", "--seccomp", str(fd), "--", *sandbox],
+            pass_fds=[fd],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(fd)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["stdout"] == "inside 2\n"
