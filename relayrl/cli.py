@@ -54,6 +54,14 @@ def _scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from relayrl.cluster.audit import audit_run
+
+    report = audit_run(args.output_dir)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from relayrl.envs.sandbox.cli import main as sandbox_main
 
@@ -91,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same overrides the job was started with",
     )
     scale.set_defaults(handler=_scale)
+    audit = commands.add_parser(
+        "audit",
+        help="check a run (live or finished) against its stream and ledger: every entry "
+        "trained once, discarded or dead-lettered with a reason, or still pending; exit 1 if not",
+    )
+    audit.add_argument("output_dir", help="the run's output.dir")
+    audit.set_defaults(handler=_audit)
     sandbox = commands.add_parser("sandbox", help="run untrusted Python in the sandbox")
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(handler=_sandbox)
