@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("output_dir", help="the run's output.dir")
     audit.set_defaults(handler=_audit)
-    sandbox = commands.add_parser("sandbox", help="run untrusted Python in the sandbox")
+    sandbox = commands.add_parser(
+        "sandbox", help="run untrusted Python in the sandbox (run), or list its confinement (check)"
+    )
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(handler=_sandbox)
     return parser
