@@ -73,8 +73,8 @@ class RunSqlTool:
         try:
             shown = self.database.query(query, self.max_rows).render()
             return ToolResult("ok", clip_output(shown, self.max_chars))
-        except QueryError as exc:
-            return ToolResult("error", f"error: {exc}")
+        except QueryError as exc:  # SQLite's message may quote the whole query back
+            return ToolResult("error", clip_output(f"error: {exc}", self.max_chars))
 
 
 class TextToSqlEnv(ToolEnv):
