@@ -18,7 +18,7 @@ _MAX_DIGITS = 1000
 
 
 class ArithmeticParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     min_operand: int = 0
     max_operand: int = 99

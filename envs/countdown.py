@@ -17,7 +17,7 @@ from relayrl.envs.tool_env import ToolEnv
 
 
 class CountdownParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     min_numbers: int = Field(3, ge=2)
     max_numbers: int = Field(4, ge=2, le=6)

@@ -18,7 +18,7 @@ ProblemKind = Literal["multiples_sum", "modular_power", "prime_count", "gcd", "p
 
 
 class MathTaskParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # JSONL with one {"question": str, "answer": str|number} per line; else generated problems.
     tasks_file: str | None = None

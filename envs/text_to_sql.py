@@ -23,7 +23,7 @@ _GOLD_ROWS = 10_000
 
 
 class TextToSqlParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     query_timeout_s: float = Field(1.0, gt=0)
     max_rows_shown: int = Field(20, ge=1)

@@ -45,3 +45,12 @@ def test_builtin_environments_are_registered(name: str) -> None:
 def test_every_example_names_a_valid_environment(example: str) -> None:
     config = load_config(EXAMPLES / example)
     validate_env_params(config.env.name, config.env.params)
+
+
+@pytest.mark.parametrize(
+    "name", ["arithmetic", "countdown", "math-feedback", "math-python", "text-to-sql"]
+)
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), "-inf"])
+def test_a_non_finite_reward_weight_is_refused_at_load(name: str, weight: object) -> None:
+    with pytest.raises(EnvConfigError, match=r"reward_weights\.correct: .*finite number"):
+        validate_env_params(name, {"reward_weights": {"correct": weight}})
