@@ -178,7 +178,13 @@ def decode(data: bytes) -> Trajectory:
     try:
         # Task metadata may key maps by integers; every schema field is still checked below.
         payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        TypeError,  # a map keyed by a list or a map, which Python cannot hash
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise TrajectoryDecodeError(f"not a msgpack payload: {exc}") from exc
     if not isinstance(payload, dict):
         raise TrajectoryDecodeError("payload is not a map")
