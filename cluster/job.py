@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 import yaml
@@ -125,6 +126,12 @@ class Job:
         config = self.config
         if config.buffer.url:
             url = config.buffer.url
+            if urlsplit(url).password:
+                log.warning(
+                    "buffer.url carries a password: config.yaml and logs show it redacted, but "
+                    "it stays wherever the URL was typed; use buffer.password_env or "
+                    "buffer.password_file"
+                )
         else:
             self.redis = EmbeddedRedis(
                 self.output_dir / "redis", fsync=config.buffer.fsync, watchdog_s=1.0
@@ -295,7 +302,7 @@ class Job:
 
 
 def run_job(config: JobConfig, resume: bool = False) -> JobResult:
-    preflight(config)
+    preflight(config)  # the CLI ran it already; library callers get it here, in milliseconds
     output_dir = Path(config.output_dir)
     # The dump redacts any password in buffer.url; password_env/file name only where it is.
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))

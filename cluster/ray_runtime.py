@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import ray
+from ray._private import ray_constants
 
 from relayrl.models import cache_root
 
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # Named actors (a job's controller) live here, so `relayrl scale` can find them.
 NAMESPACE = "relayrl"
+# A local instance serves this machine only: nothing of it listens beyond loopback.
+LOOPBACK = "127.0.0.1"
 
 
 def actor_env_vars() -> dict[str, str]:
@@ -27,7 +30,8 @@ def actor_env_vars() -> dict[str, str]:
         # DeepSpeed JIT-builds ops on first use; a per-project folder builds them once.
         "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"),
     }
-    for name in ("DS_ACCELERATOR", "RELAYRL_CACHE", "HF_HUB_OFFLINE"):
+    # RELAYRL_FAULT arms fault points (relayrl/faults.py) in the actors of a test's job.
+    for name in ("DS_ACCELERATOR", "RELAYRL_CACHE", "HF_HUB_OFFLINE", "RELAYRL_FAULT"):
         if name in os.environ:
             env[name] = os.environ[name]
     return env
@@ -44,6 +48,36 @@ def _keeping_signal_handlers(start: Callable[[], object]) -> None:
     for sig, handler in saved.items():
         if handler is not None:
             signal.signal(sig, handler)
+
+
+@contextmanager
+def _single_node_addresses() -> Iterator[None]:
+    """Ray turns a loopback node address into the machine's own unless it runs as a
+    single-node instance (its mode for laptops); only then do its servers bind loopback.
+    The switch matters while the node starts; put it back so a later connection to a
+    cluster in this process advertises a reachable address."""
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _start_local(num_cpus: int | None, env_vars: dict[str, str]) -> None:
+    # "local" always starts a new instance: without it, a cluster file an earlier
+    # `ray start` left in the Ray temp dir makes ray.init join that cluster instead.
+    with _single_node_addresses():
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            runtime_env={"env_vars": env_vars},
+            log_to_driver=True,
+            configure_logging=False,
+            namespace=NAMESPACE,
+        )
 
 
 @contextmanager
@@ -68,16 +102,7 @@ def ray_session(num_cpus: int | None) -> Iterator[bool]:
         return
     # A stray ~/.ray/auth_token would otherwise switch a private local cluster to token auth.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    _keeping_signal_handlers(
-        lambda: ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            runtime_env={"env_vars": env_vars},
-            log_to_driver=True,
-            configure_logging=False,
-            namespace=NAMESPACE,
-        )
-    )
+    _keeping_signal_handlers(lambda: _start_local(num_cpus, env_vars))
     log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))
     try:
         yield True

@@ -16,7 +16,8 @@ KLEstimator = Literal["k1", "k2", "k3"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity passes every lower bound, NaN any unbounded field: refuse both everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- advantage estimators -------------------------------------------------------------------

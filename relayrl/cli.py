@@ -29,6 +29,10 @@ def _stop_cleanly_on_signals() -> None:
 
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    from relayrl.cluster.preflight import preflight
+
+    # Before the job's heavy imports (Ray, DeepSpeed): a bad config fails in about a second.
+    preflight(config)
     from relayrl.cluster.job import run_job
 
     _stop_cleanly_on_signals()

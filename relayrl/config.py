@@ -2,15 +2,62 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from relayrl.algorithm_config import AlgorithmConfig
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity passes every lower bound, NaN any unbounded field: refuse both everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_floats_only(cls, data: Any) -> Any:
+        found = non_finite_floats(data) if isinstance(data, dict) else []
+        if found:
+            raise ValueError(f"{found[0]}: NaN and infinity are not allowed in a config")
+        return data
+
+
+def non_finite_floats(tree: Any, where: str = "") -> list[str]:
+    """Dotted paths of the NaN and infinite floats anywhere in a raw config tree, including
+    the free-form parameter mappings no schema types."""
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [where]
+    if isinstance(tree, dict):
+        children: Any = tree.items()
+    elif isinstance(tree, list | tuple):
+        children = enumerate(tree)
+    else:
+        return []
+    found = []
+    for key, child in children:
+        found += non_finite_floats(child, f"{where}.{key}" if where else str(key))
+    return found
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for config.yaml, logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 class ModelConfig(Section):
@@ -92,8 +139,30 @@ class EnvConfig(Section):
 
 
 class BufferConfig(Section):
-    # redis://[:password@]host:port/db; none starts an embedded redis-server.
-    url: str | None = None
+    url: str | None = Field(
+        None,
+        description="redis://host:port/db, rediss://host:port/db (TLS) or unix:///path; "
+        "none starts an embedded redis-server. A password belongs in password_env or "
+        "password_file: one written here is redacted from config.yaml and logs",
+    )
+    password_env: str | None = Field(
+        None,
+        min_length=1,
+        description="Environment variable holding the Redis password; every process that "
+        "connects (driver, learner, rollout workers) reads it from its own environment",
+    )
+    password_file: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding the Redis password (surrounding whitespace is dropped); "
+        "every node that runs a worker or the learner must have it at this path",
+    )
+    connect_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long the start-up check waits for buffer.url to answer before "
+        "the job refuses to start; a Redis lost mid-run is ridden out separately",
+    )
     stream: str | None = None  # defaults to "relayrl:<job name>:trajectories"
     # Safety bound on the stream length; admission control keeps the backlog far below it.
     maxlen: int = Field(1_000_000, ge=1000)
@@ -108,6 +177,54 @@ class BufferConfig(Section):
         description="Most memory the stream may take in Redis: over it, the job commits a "
         "checkpoint at the end of the step, so its entries are acknowledged and trimmed",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_names_a_redis(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        shown = url
+        try:
+            parts = urlsplit(url)
+            shown = redact_url(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{shown!r} is not a valid URL ({exc})") from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError(f"{shown!r} is not a redis://, rediss:// (TLS) or unix:// URL")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"{shown!r} names no socket path")
+            return url
+        if not parts.hostname:
+            raise ValueError(f"{shown!r} names no host")
+        if port == 0:
+            raise ValueError(f"{shown!r}: port 0 is not a Redis port")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"{shown!r}: the path must be a database number, not {db!r}")
+        return url
+
+    @field_serializer("url")
+    def _url_without_password(self, url: str | None) -> str | None:
+        return None if url is None else redact_url(url)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> BufferConfig:
+        named = [
+            name
+            for name, given in (
+                ("buffer.url (password part)", bool(self.url and urlsplit(self.url).password)),
+                ("buffer.password_env", self.password_env is not None),
+                ("buffer.password_file", self.password_file is not None),
+            )
+            if given
+        ]
+        if len(named) > 1:
+            raise ValueError(f"{' and '.join(named)} both give a Redis password; keep one")
+        if named and self.url is None:
+            raise ValueError(f"{named[0]} is set but buffer.url is not")
+        return self
 
 
 class LearnerConfig(Section):
@@ -149,6 +266,17 @@ class OutputConfig(Section):
     dir: str = "runs/{name}"
     tensorboard: bool = True
     plot: bool = True
+
+    @field_validator("dir")
+    @classmethod
+    def _only_name_is_substituted(cls, folder: str) -> str:
+        try:
+            folder.format(name="job")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{folder!r}: only {{name}} may be substituted ({exc!r})") from None
+        if not folder.strip():
+            raise ValueError("must name a folder")
+        return folder
 
 
 class JobConfig(Section):

@@ -31,19 +31,27 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({exc})") from exc
+        problem = getattr(exc, "problem", None) or "parse error"
+        raise ConfigError(
+            f"override {assignment!r}: value is not valid YAML ({problem}); quote it"
+        ) from None
 
 
 def _describe(error: dict[str, Any]) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "<root>"
+    location = ".".join(str(part) for part in error["loc"])
     message = error["msg"]
+    if error["type"] == "value_error":
+        # A check across fields names its fields itself.
+        message = message.removeprefix("Value error, ")
+        if not location:
+            return message
     if error["type"] == "extra_forbidden":
         message = "unknown field"
     elif error["type"] == "missing":
         message = "required field is missing"
     elif "input" in error and error["type"] != "value_error":
         message = f"{message} (got {error['input']!r})"
-    return f"{location}: {message}"
+    return f"{location or '<root>'}: {message}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
