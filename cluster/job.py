@@ -126,12 +126,6 @@ class Job:
         config = self.config
         if config.buffer.url:
             url = config.buffer.url
-            if urlsplit(url).password:
-                log.warning(
-                    "buffer.url carries a password: config.yaml and logs show it redacted, but "
-                    "it stays wherever the URL was typed; use buffer.password_env or "
-                    "buffer.password_file"
-                )
         else:
             self.redis = EmbeddedRedis(
                 self.output_dir / "redis", fsync=config.buffer.fsync, watchdog_s=1.0
@@ -304,6 +298,11 @@ class Job:
 def run_job(config: JobConfig, resume: bool = False) -> JobResult:
     preflight(config)  # the CLI ran it already; library callers get it here, in milliseconds
     output_dir = Path(config.output_dir)
+    if config.buffer.url and urlsplit(config.buffer.url).password:
+        log.warning(
+            "buffer.url carries a password: config.yaml and logs show it redacted, but it "
+            "stays wherever the URL was typed; use buffer.password_env or buffer.password_file"
+        )
     # The dump redacts any password in buffer.url; password_env/file name only where it is.
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     return Job(config, output_dir, resume).run()
