@@ -171,7 +171,7 @@ class AgentLoop:
         try:
             result = await env.step(text)
         except Exception as exc:  # the env's failure (tool, parser, reward), not the worker's
-            return f"{type(exc).__name__}", f"{type(exc).__name__}: {exc}"
+            return type(exc).__name__, f"{type(exc).__name__}: {exc}"
         problem = _invalid_step(result)
         return result if problem is None else problem
 
@@ -236,10 +236,12 @@ def _invalid_step(result: Any) -> tuple[str, str] | None:
         return "bad_step_result", f"step returned a {type(result).__name__}, not a StepResult"
     if result.observation is not None and not isinstance(result.observation, str):
         return "bad_observation", f"observation is a {type(result.observation).__name__}"
+    if not isinstance(result.reward_channels, dict):
+        return "bad_reward", f"reward channels are a {type(result.reward_channels).__name__}"
     values = [result.reward, *result.reward_channels.values()]
     try:
         finite = all(math.isfinite(float(value)) for value in values)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         return "bad_reward", f"reward {result.reward!r}, channels {result.reward_channels!r}"
     if not finite:
         return "non_finite_reward", f"reward {result.reward}, channels {result.reward_channels}"

@@ -147,6 +147,8 @@ def test_the_loop_goes_on_and_logs_each_cause_once(
             "non_finite_reward",
         ),
         (StepResult(None, done=True, reward="lots"), "bad_reward"),  # type: ignore[arg-type]
+        (StepResult(None, done=True, reward=10**400), "bad_reward"),
+        (StepResult(None, done=True, reward_channels=[1.0]), "bad_reward"),  # type: ignore[arg-type]
         (StepResult(b"bytes", done=False), "bad_observation"),  # type: ignore[arg-type]
         ({"observation": None}, "bad_step_result"),
     ],
