@@ -10,6 +10,7 @@ each version's metadata; workers only wait until their engine holds the announce
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -175,6 +176,12 @@ class NcclPushWeights:
         return ray.get(self._store.latest.remote(), timeout=self._call_timeout_s)
 
     def fetch(self, newer_than: int) -> None:
+        return None
+
+    async def latest_async(self) -> WeightVersion | None:
+        return await asyncio.wait_for(self._store.latest.remote(), self._call_timeout_s)
+
+    async def fetch_async(self, newer_than: int) -> None:
         return None
 
     def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:

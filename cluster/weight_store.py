@@ -8,6 +8,7 @@ learner sends to.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from collections.abc import Mapping
@@ -138,7 +139,26 @@ class ObjectStoreWeights:
         if found is None:
             return None
         info, (ref,) = found
-        state = from_wire(ray.get(ref, timeout=self._timeout_s))
+        return self._verified(info, ray.get(ref, timeout=self._timeout_s))
+
+    async def latest_async(self) -> WeightVersion | None:
+        return await asyncio.wait_for(self._store.latest.remote(), self._timeout_s)
+
+    async def fetch_async(
+        self, newer_than: int
+    ) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
+        found = await asyncio.wait_for(self._store.get.remote(newer_than), self._timeout_s)
+        if found is None:
+            return None
+        info, (ref,) = found
+        wire = await asyncio.wait_for(ref, self._timeout_s)
+        # The checksum reads every byte: off the event loop.
+        return await asyncio.to_thread(self._verified, info, wire)
+
+    def _verified(
+        self, info: WeightVersion, wire: WireState
+    ) -> tuple[WeightVersion, dict[str, torch.Tensor]]:
+        state = from_wire(wire)
         if self._verify:
             digest, _ = checksum(state)
             if digest != info.checksum:
