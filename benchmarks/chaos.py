@@ -26,9 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the fault proxy lives with the tests
 
-import redis  # noqa: E402
-
-from relayrl.cluster.audit import audit_stream  # noqa: E402
+from relayrl.cluster.audit import audit_run  # noqa: E402
 from relayrl.cluster.embedded_redis import EmbeddedRedis  # noqa: E402
 from relayrl.cluster.session_guard import SESSION_RECORD, session_processes  # noqa: E402
 from relayrl.cluster.stray_processes import command_line, pids_where  # noqa: E402
@@ -36,7 +34,6 @@ from relayrl.tiny_model import build_tiny_model  # noqa: E402
 from tests.fault_proxy import FaultProxy  # noqa: E402
 
 FAULTS = ("driver", "learner", "worker", "redis", "reset", "stall", "lost_reply")
-STREAM = "relayrl:chaos:trajectories"
 PROGRESS_TIMEOUT_S = 180.0
 ORPHAN_GRACE_S = 30.0
 
@@ -59,7 +56,8 @@ class Soak:
         overrides = [
             "name=chaos",
             f"model.path={self.model}",
-            f"buffer.url={self.proxy.url_for(self.redis.url)}",
+            f"buffer.url=redis://127.0.0.1:{self.proxy.port}/0",
+            f"buffer.password_file={self.password_file()}",
             "rollout.num_workers=2",
             "rollout.group_size=2",
             "rollout.sampling.max_new_tokens=8",
@@ -80,6 +78,13 @@ class Soak:
         for item in overrides:
             args += ["--set", item]
         return [*args, "--resume"] if resume else args
+
+    def password_file(self) -> Path:
+        path = self.out / "redis-password"
+        if not path.exists():
+            path.write_text(self.redis.password)
+            path.chmod(0o600)
+        return path
 
     def steps_done(self) -> int:
         path = self.out / "run" / "metrics.jsonl"
@@ -222,9 +227,7 @@ def soak(rounds: int, seed: int, out: Path) -> dict[str, object]:
         elif chaos.fatal_pending:
             chaos.survived += 1
         chaos.end_driver(final)
-        # The run's config keeps no password, so the audit gets this script's own client.
-        client = redis.Redis.from_url(redis_server.url)
-        report = audit_stream(client, STREAM, out / "run" / "checkpoints")
+        report = audit_run(out / "run")
     finally:
         proxy.stop()
         redis_server.stop()
