@@ -24,6 +24,7 @@ from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.envs.registry import resolve_env
 from relayrl.faults import fault_point
+from relayrl.process_memory import process_memory
 from relayrl.trajectory import Trajectory
 from relayrl.weights import WeightSubscriber
 
@@ -50,6 +51,8 @@ class WorkerSettings:
     vllm: VLLMSettings | None = None
     # Under a push transport: how long a worker waits for the announced version to arrive.
     weight_wait_s: float = 600.0
+    # Groups played at once, each under its own admission lease.
+    max_concurrent_groups: int = 1
 
 
 @dataclass
@@ -63,6 +66,8 @@ class WorkerStats:
     void_turns: int = 0
     dropped_void_trajectories: int = 0
     generate_s: float = 0.0  # wall time of the groups' episodes, generation and env steps
+    busy_s: float = 0.0  # wall time with at least one group in flight
+    peak_groups_in_flight: int = 0
     weight_sync_s: float = 0.0
     weight_syncs: int = 0
     idle_s: float = 0.0
@@ -139,9 +144,13 @@ class RolloutWorker:
         self.stats = WorkerStats()
         # The run loop and the version follower must not load the same version twice.
         self._sync_lock = asyncio.Lock()
+        self._in_flight = 0
+        self._busy_since = 0.0
+        # Releases of leases granted after a cancel, kept referenced until they finish.
+        self._releases: set[asyncio.Future[None]] = set()
 
     async def _latest_version(self) -> int | None:
-        info = await asyncio.to_thread(self.weights.latest)
+        info = await self.weights.latest_async()
         return info.version if info else None
 
     async def sync_weights(self) -> int:
@@ -152,7 +161,7 @@ class RolloutWorker:
                 await self._await_pushed()
                 return self.engine.version
             started = time.perf_counter()
-            found = await asyncio.to_thread(self.weights.fetch, self.engine.version)
+            found = await self.weights.fetch_async(self.engine.version)
             if found is not None:
                 info, state = found
                 await self.engine.update_weights(state, info.version)
@@ -222,38 +231,88 @@ class RolloutWorker:
 
     async def run(self) -> dict[str, Any]:
         """Generate groups until the controller says the job is stopping."""
-        follower = (
-            asyncio.create_task(self._follow_published_versions()) if self.follow_versions else None
-        )
         try:
-            return await self._run_groups(follower)
-        finally:
-            if follower is not None:
-                follower.cancel()
+            async with asyncio.TaskGroup() as tasks:
+                if self.follow_versions:
+                    follower = tasks.create_task(self._follow_published_versions())
+                await self._run_groups(tasks)
+                if self.follow_versions:
+                    follower.cancel()
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first cause, as a single-group run had
+        return self.report()
 
-    async def _run_groups(self, follower: asyncio.Task[None] | None) -> dict[str, Any]:
-        worker_id = self.settings.worker_id
-        count = self.settings.group_size
+    async def _run_groups(self, tasks: asyncio.TaskGroup) -> None:
+        """Start a group whenever a slot is free and admission allows; a failing group (or
+        the version follower) cancels the rest, and every lease is still given back once."""
+        slots = asyncio.Semaphore(self.settings.max_concurrent_groups)
+        playing: set[asyncio.Task[None]] = set()
         while True:
-            if follower is not None and follower.done():
-                follower.result()  # the follower only ends by failing: surface why
+            await slots.acquire()
             waited = time.perf_counter()
-            version = await self.gate.acquire(worker_id, count)
+            version = await self._admit()
             self.stats.idle_s += time.perf_counter() - waited
             if version is None:
                 break
-            produced = False
+            group = tasks.create_task(self._play_admitted())
+            playing.add(group)
+            group.add_done_callback(playing.discard)
+            group.add_done_callback(lambda _: slots.release())
+        await asyncio.gather(*playing)
+
+    async def _admit(self) -> int | None:
+        """`gate.acquire`, safe to cancel: a lease granted after the cancel is given back."""
+        acquiring = asyncio.ensure_future(
+            self.gate.acquire(self.settings.worker_id, self.settings.group_size)
+        )
+        try:
+            return await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, acquiring: asyncio.Future[int | None]) -> None:
+        if acquiring.cancelled() or acquiring.exception() or acquiring.result() is None:
+            return
+        release = self.gate.release(self.settings.worker_id, self.settings.group_size, False)
+        self._releases.add(task := asyncio.ensure_future(release))
+        task.add_done_callback(self._releases.discard)
+
+    async def _play_admitted(self) -> None:
+        """One admitted group; its lease is released exactly once, whatever happens."""
+        count = self.settings.group_size
+        produced = False
+        self._group_started()
+        try:
+            await self.sync_weights()
+            trajectories = await self._sample_group()
+            # A push under way cannot be stopped (its thread runs on): a cancel waits for it,
+            # so the release says truly whether the group reached the buffer.
+            pushing = asyncio.ensure_future(asyncio.to_thread(self.producer.push, trajectories))
             try:
-                await self.sync_weights()
-                trajectories = await self._sample_group()
-                await asyncio.to_thread(self.producer.push, trajectories)
-                fault_point("after_xadd_before_release")
+                await asyncio.shield(pushing)
+            except asyncio.CancelledError:
+                await pushing
                 produced = True
-                self.stats.groups += 1
-                self.stats.trajectories += len(trajectories)
-            finally:
-                await self.gate.release(worker_id, count, produced)
-        return self.report()
+                raise
+            fault_point("after_xadd_before_release")
+            produced = True
+            self.stats.groups += 1
+            self.stats.trajectories += len(trajectories)
+        finally:
+            self._group_ended()
+            await asyncio.shield(self.gate.release(self.settings.worker_id, count, produced))
+
+    def _group_started(self) -> None:
+        if self._in_flight == 0:
+            self._busy_since = time.perf_counter()
+        self._in_flight += 1
+        self.stats.peak_groups_in_flight = max(self.stats.peak_groups_in_flight, self._in_flight)
+
+    def _group_ended(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self.stats.busy_s += time.perf_counter() - self._busy_since
 
     def report(self) -> dict[str, Any]:
-        return {"worker_id": self.settings.worker_id, **self.stats.__dict__}
+        return {"worker_id": self.settings.worker_id, **self.stats.__dict__, **process_memory()}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from relayrl.actors.agent_loop import AgentSettings
 from relayrl.actors.engine import SamplingSettings
@@ -14,6 +15,11 @@ from relayrl.cluster.nccl_weights import NcclPushWeights
 from relayrl.cluster.weight_store import ObjectStoreWeights
 from relayrl.config import JobConfig
 from relayrl.learner.deepspeed_learner import LearnerSettings
+
+
+def torch_threads(setting: int | Literal["auto"], cpus: float) -> int:
+    """Threads for an actor with `cpus` Ray CPUs; auto: one per whole core, at least one."""
+    return max(1, math.floor(cpus)) if setting == "auto" else setting
 
 
 def learner_settings(config: JobConfig, model_path: str, output_dir: Path) -> LearnerSettings:
@@ -31,7 +37,7 @@ def learner_settings(config: JobConfig, model_path: str, output_dir: Path) -> Le
         grad_clip=lc.grad_clip,
         micro_batch_tokens=lc.micro_batch_tokens,
         gradient_checkpointing=lc.gradient_checkpointing,
-        torch_threads=lc.torch_threads,
+        torch_threads=torch_threads(lc.torch_threads, lc.cpus_per_rank),
         group_size=config.rollout.group_size,
         prompts_per_step=config.trainer.prompts_per_step,
         temperature=config.rollout.sampling.temperature,
@@ -84,6 +90,12 @@ def worker_settings_factory(
     # A resumed job draws new tasks instead of replaying the ones it drew before the crash.
     seed = config.trainer.seed + 7919 * start_step
     vllm = vllm_settings(config, model_path) if config.rollout.engine == "vllm" else None
+    rollout = config.rollout
+    concurrent_groups = (
+        config.trainer.prompts_per_step
+        if rollout.max_concurrent_groups == "auto"
+        else rollout.max_concurrent_groups
+    )
 
     def make(worker_id: str) -> WorkerSettings:
         return WorkerSettings(
@@ -91,8 +103,9 @@ def worker_settings_factory(
             model_path=model_path,
             engine=config.rollout.engine,
             dtype=config.model.dtype,
-            torch_threads=config.rollout.torch_threads,
-            group_size=config.rollout.group_size,
+            torch_threads=torch_threads(rollout.torch_threads, rollout.cpus_per_worker),
+            group_size=rollout.group_size,
+            max_concurrent_groups=concurrent_groups,
             sampling=SamplingSettings(
                 max_new_tokens=sampling.max_new_tokens,
                 temperature=sampling.temperature,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -18,6 +18,9 @@ from pydantic import (
 from relayrl.algorithm_config import AlgorithmConfig
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+# A thread count, or "auto": the whole cores Ray reserves for the actor.
+TorchThreads = Annotated[int, Field(ge=1)] | Literal["auto"]
 
 
 class Section(BaseModel):
@@ -120,7 +123,17 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(0.5, gt=0)
     # GPUs Ray reserves for each worker; a vLLM worker needs tensor_parallel_size of them.
     gpus_per_worker: float = Field(0, ge=0)
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: TorchThreads = Field(
+        "auto",
+        description="Threads of each worker's engine; auto: the whole cores of cpus_per_worker "
+        "(at least one), so generation and training never share a core.",
+    )
+    max_concurrent_groups: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Groups one worker plays at once (admission still bounds them); a batching "
+        "engine samples all their sequences in one forward. auto: trainer.prompts_per_step, "
+        "enough for one worker to fill a learner batch at once.",
+    )
     # When new weights are published mid-generation: "finish" lets in-flight samples end on
     # the old weights; "interrupt" stops them at the next token and continues on the new ones.
     weight_update: Literal["finish", "interrupt"] = "finish"
@@ -232,7 +245,11 @@ class LearnerConfig(Section):
     cpus_per_rank: float = Field(1.0, gt=0)
     # 0 trains on CPU (gloo); 1 gives each rank a GPU (NCCL).
     gpus_per_rank: Literal[0, 1] = 0
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: TorchThreads = Field(
+        "auto",
+        description="Threads of each learner rank; auto: the whole cores of cpus_per_rank "
+        "(at least one).",
+    )
     zero_stage: Literal[0, 1, 2, 3] = 2
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -41,6 +41,16 @@ class WeightSubscriber(Protocol):
         None from a push transport, which delivers versions into the engine itself."""
         ...
 
+    async def latest_async(self) -> WeightVersion | None:
+        """`latest` for async callers (rollout workers): awaits, never blocks the loop."""
+        ...
+
+    async def fetch_async(
+        self, newer_than: int
+    ) -> tuple[WeightVersion, dict[str, torch.Tensor]] | None:
+        """`fetch` for async callers (rollout workers): awaits, never blocks the loop."""
+        ...
+
     def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
         """Register a worker's engine (`receiver`: its actor) with a push transport."""
         ...
