@@ -120,3 +120,43 @@ def test_gpus_a_local_ray_lacks_exit_2_instead_of_waiting(tmp_path: Path) -> Non
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert "asks for 2 GPUs" in result.stderr and "has 0" in result.stderr
+
+
+def test_buffer_url_password_is_redacted_from_every_dump() -> None:
+    config = load_config(None, ["buffer.url=redis://user:p%40ss@redis.example:6379/2"])
+    assert config.buffer.url == "redis://user:p%40ss@redis.example:6379/2"  # used to connect
+    dumped = config.model_dump(mode="json")["buffer"]["url"]
+    assert dumped == "redis://user:***@redis.example:6379/2"
+    assert "p%40ss" not in config.model_dump_json()
+    tls = load_config(None, ["buffer.url=rediss://redis.example:6380/0?ssl_ca_certs=/ca.pem"])
+    assert tls.model_dump()["buffer"]["url"] == tls.buffer.url
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["buffer.password_env=PW"], "buffer.password_env is set but buffer.url is not"),
+        (
+            ["buffer.url=redis://:pw@h:6379/0", "buffer.password_env=PW"],
+            "buffer.url (password part) and buffer.password_env both give a Redis password",
+        ),
+        (
+            ["buffer.url=redis://h:6379/0", "buffer.password_env=PW", "buffer.password_file=/f"],
+            "buffer.password_env and buffer.password_file both give",
+        ),
+        (["buffer.url=redis://:pw@h:port/0"], "buffer.url: 'redis://:***@h:port/0' is not a valid"),
+        (["buffer.url=unix://"], "names no socket path"),
+        (["buffer.url=redis://:6379/0"], "names no host"),
+    ],
+)
+def test_buffer_url_and_password_sources_are_checked(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, overrides)
+    assert expected in str(refused.value)
+    assert ":pw@" not in str(refused.value)
+
+
+def test_output_dir_substitutes_only_the_job_name() -> None:
+    assert load_config(None, ["name=j1", "output.dir='runs/{name}/a'"]).output_dir == "runs/j1/a"
+    with pytest.raises(ConfigError, match=r"output\.dir: .*only \{name\} may be substituted"):
+        load_config(None, ["output.dir='runs/{job}'"])
