@@ -45,7 +45,9 @@ class Engine(Protocol):
     async def generate(
         self, prompt_ids: list[int], settings: SamplingSettings, n: int
     ) -> list[Completion]:
-        """Sample `n` continuations of one prompt."""
+        """Sample `n` continuations of one prompt. Callers run many at once; an engine
+        serves concurrent calls together (one batch), and with `settings.seed` a call's
+        samples do not depend on the calls it shares a batch with."""
         ...
 
     async def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:

@@ -58,17 +58,67 @@ def test_interrupted_samples_continue_under_the_new_weights(tiny_model_path) -> 
     completions = asyncio.run(scenario())
     assert engine.interruptions == 1 and updates == [1]
     for completion in completions:
-        versions = completion.versions
-        assert len(completion.token_ids) == 600 and completion.finish_reason == "length"
-        assert versions[0] == 0 and versions[-1] == 1
-        switch = versions.index(1)
-        assert set(versions[:switch]) == {0} and set(versions[switch:]) == {1}
-        tokens = prompt + completion.token_ids
-        reported = torch.tensor(completion.logprobs)
-        start = len(prompt)
-        torch.testing.assert_close(
-            reported[:switch], logprobs_under(old, tokens, start)[:switch], atol=1e-4, rtol=1e-4
-        )
-        torch.testing.assert_close(
-            reported[switch:], logprobs_under(new, tokens, start)[switch:], atol=1e-4, rtol=1e-4
-        )
+        assert_switched_once(completion, prompt, old, new, 600)
+
+
+def assert_switched_once(completion, prompt, old, new, length: int) -> None:
+    """Tokens before the switch scored by the old weights, after it by the new ones."""
+    versions = completion.versions
+    assert len(completion.token_ids) == length and completion.finish_reason == "length"
+    assert versions[0] == 0 and versions[-1] == 1
+    switch = versions.index(1)
+    assert set(versions[:switch]) == {0} and set(versions[switch:]) == {1}
+    tokens = prompt + completion.token_ids
+    reported = torch.tensor(completion.logprobs)
+    start = len(prompt)
+    torch.testing.assert_close(
+        reported[:switch], logprobs_under(old, tokens, start)[:switch], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        reported[switch:], logprobs_under(new, tokens, start)[switch:], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_concurrent_calls_in_one_batch_all_resume_under_one_load(tiny_model_path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    inner = TransformersEngine(TransformersSettings(tiny_model_path), eos_token_ids=())
+    old = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    torch.manual_seed(1)
+    new_state = {k: v + 0.05 * torch.randn_like(v) for k, v in old.state_dict().items()}
+    new_state["lm_head.weight"] = new_state["model.embed_tokens.weight"]
+    new = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    new.load_state_dict(new_state)
+    published = {"version": 0}
+    updates = []
+    started = asyncio.Event()
+
+    async def latest_version() -> int:
+        # Every call is in the running batch by the watcher's first poll.
+        if inner.peak_requests >= 3:
+            started.set()
+        return published["version"]
+
+    async def update() -> None:
+        if published["version"] > inner.version:
+            updates.append(published["version"])
+            await inner.update_weights(new_state, published["version"])
+
+    engine = ResumingEngine(inner, latest_version, update, poll_s=0.05)
+    prompts = [
+        prompt_token_ids(tokenizer, [{"role": "user", "content": text}])
+        for text in ("count", "what is 3 + 4", "hello there")
+    ]
+    settings = SamplingSettings(max_new_tokens=500, seed=4)
+
+    async def scenario():
+        calls = [asyncio.create_task(engine.generate(p, settings, 2)) for p in prompts]
+        await started.wait()
+        published["version"] = 1
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(scenario())
+    # An interrupt ended every call's rows at once; one load served all six resumes.
+    assert engine.interruptions >= 1 and updates == [1]
+    for prompt, completions in zip(prompts, results, strict=True):
+        for completion in completions:
+            assert_switched_once(completion, prompt, old, new, 500)
