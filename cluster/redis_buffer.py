@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +65,24 @@ end
 local undelivered = #redis.call('XRANGE', KEYS[1], '(' .. last, '+')
 local booked = tonumber(redis.call('GET', KEYS[2]) or '0')
 return {pending, undelivered, booked}
+"""
+
+# A retry after a lost reply must not count twice: each call carries a token, and the script
+# runs its effect only the first time it sees the token (then answers what it did).
+ONCE_TTL_S = 3600
+_BOOK_ONCE_SCRIPT = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('INCRBY', KEYS[2], ARGV[1])
+end
+return 1
+"""
+_ACK_ONCE_SCRIPT = """
+local done = redis.call('GET', KEYS[1])
+if done then return tonumber(done) end
+local acked = redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, 4))
+redis.call('DECRBY', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[1], acked, 'EX', ARGV[3])
+return acked
 """
 
 T = TypeVar("T")
@@ -139,6 +158,9 @@ class RedisStreamBuffer:
     def booked_key(self) -> str:
         """Entries the learner booked (trained or discarded) and has not acknowledged yet."""
         return f"{self.stream}:booked"
+
+    def _once_key(self) -> str:
+        return f"{self.stream}:once:{uuid.uuid4().hex}"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -294,7 +316,12 @@ class RedisStreamBuffer:
     def book(self, count: int) -> None:
         """The learner booked `count` entries it will acknowledge at its next commit."""
         if count:
-            self._retrying(lambda: self.client.incrby(self.booked_key, count))
+            token = self._once_key()
+            self._retrying(
+                lambda: self.client.eval(
+                    _BOOK_ONCE_SCRIPT, 2, token, self.booked_key, count, ONCE_TTL_S
+                )
+            )
 
     def reset_booked(self) -> None:
         """A learner (re)starts holding nothing: what a lost one booked is pending again."""
@@ -305,13 +332,22 @@ class RedisStreamBuffer:
         if not entry_ids:
             return 0
 
-        def send() -> int:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xack(self.stream, self.group, *entry_ids)
-            pipe.decrby(self.booked_key, booked)
-            return int(pipe.execute()[0])
-
-        acked = self._retrying(send)
+        token = self._once_key()
+        acked = int(
+            self._retrying(
+                lambda: self.client.eval(
+                    _ACK_ONCE_SCRIPT,
+                    3,
+                    token,
+                    self.stream,
+                    self.booked_key,
+                    self.group,
+                    booked,
+                    ONCE_TTL_S,
+                    *entry_ids,
+                )
+            )
+        )
         self.trim()
         return acked
 

@@ -167,3 +167,24 @@ def test_the_reader_rides_out_a_stall_and_a_reset(redis_server, proxy):
     assert result, "the batch never filled"
     assert sorted(e.trajectory.id for e in result[0]) == sorted(t.id for t in pushed)
     assert len(stream_ids(redis_server.url)) == len(pushed)
+
+
+def test_booking_and_acknowledging_count_once_when_their_reply_is_lost(redis_server, proxy):
+    direct = RedisStreamBuffer(redis_server.url, STREAM)
+    direct.ensure_group()
+    learner = through(proxy, redis_server.url)
+    direct.push(group("a"))
+    entries = learner.read(GROUP_SIZE, block_ms=100)
+    client = redis.Redis.from_url(redis_server.url)
+    proxy.cut_reply_after(b"INCRBY")
+    learner.book(len(entries))
+    assert proxy.cuts == 1
+    assert int(client.get(learner.booked_key)) == GROUP_SIZE
+    assert learner.backlog() == 0
+    proxy.cut_reply_after(b"XACK")
+    assert learner.ack([e.entry_id for e in entries], booked=len(entries)) == GROUP_SIZE
+    assert proxy.cuts == 2
+    # A retried acknowledgement neither frees the booking twice nor grows the backlog.
+    assert int(client.get(learner.booked_key)) == 0
+    assert client.xpending(STREAM, "learner")["pending"] == 0
+    assert learner.backlog() == 0
