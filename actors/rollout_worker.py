@@ -70,7 +70,7 @@ class WorkerStats:
     peak_groups_in_flight: int = 0
     weight_sync_s: float = 0.0
     weight_syncs: int = 0
-    idle_s: float = 0.0
+    idle_s: float = 0.0  # wall time with no group in flight, waiting for admission
 
 
 class WeightWaitTimeout(RuntimeError):
@@ -145,7 +145,7 @@ class RolloutWorker:
         # The run loop and the version follower must not load the same version twice.
         self._sync_lock = asyncio.Lock()
         self._in_flight = 0
-        self._busy_since = 0.0
+        self._busy_since = self._idle_since = 0.0
         # Releases of leases granted after a cancel, kept referenced until they finish.
         self._releases: set[asyncio.Future[None]] = set()
 
@@ -231,6 +231,7 @@ class RolloutWorker:
 
     async def run(self) -> dict[str, Any]:
         """Generate groups until the controller says the job is stopping."""
+        self._idle_since = time.perf_counter()
         try:
             async with asyncio.TaskGroup() as tasks:
                 if self.follow_versions:
@@ -249,9 +250,7 @@ class RolloutWorker:
         playing: set[asyncio.Task[None]] = set()
         while True:
             await slots.acquire()
-            waited = time.perf_counter()
             version = await self._admit()
-            self.stats.idle_s += time.perf_counter() - waited
             if version is None:
                 break
             group = tasks.create_task(self._play_admitted())
@@ -306,13 +305,15 @@ class RolloutWorker:
     def _group_started(self) -> None:
         if self._in_flight == 0:
             self._busy_since = time.perf_counter()
+            self.stats.idle_s += self._busy_since - self._idle_since
         self._in_flight += 1
         self.stats.peak_groups_in_flight = max(self.stats.peak_groups_in_flight, self._in_flight)
 
     def _group_ended(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
-            self.stats.busy_s += time.perf_counter() - self._busy_since
+            self._idle_since = time.perf_counter()
+            self.stats.busy_s += self._idle_since - self._busy_since
 
     def report(self) -> dict[str, Any]:
         return {"worker_id": self.settings.worker_id, **self.stats.__dict__, **process_memory()}
