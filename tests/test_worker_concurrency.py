@@ -57,6 +57,10 @@ class LeaseLedger:
             self.produced += produced
             self.changed.notify_all()
 
+    async def drained(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.running == 0)
+
     async def settled(self, leases: int) -> None:
         async with self.changed:
             await self.changed.wait_for(lambda: self.released >= leases)
@@ -140,8 +144,14 @@ def test_an_engine_failure_returns_every_lease_and_surfaces(tiny_model_path, buf
     gate = LeaseLedger(groups=20, capacity=20)
     worker = make_worker(tiny_model_path, buffer, gate, concurrency=3, max_new_tokens=32)
     asyncio.run(worker.engine.close())  # every generate call now fails
-    with pytest.raises(RuntimeError, match="engine is closed"):
-        asyncio.run(worker.run())
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="engine is closed"):
+            await worker.run()
+        # A lease granted while the failure cancelled the worker is given back after it.
+        await asyncio.wait_for(gate.drained(), timeout=60)
+
+    asyncio.run(scenario())
     assert gate.acquired >= 1
     assert (gate.released, gate.produced, gate.over_released) == (gate.acquired, 0, 0)
     assert buffer.stats().length == 0
