@@ -43,6 +43,7 @@ from relayrl.cluster.session_guard import (
     end_session_left_behind,
     local_session_dir,
 )
+from relayrl.cluster.shared_output import check_shared_output
 from relayrl.cluster.weight_store import WeightStore
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
@@ -178,6 +179,8 @@ class Job:
             if stack.enter_context(ray_session(local_cpus(config))):
                 guard.watch(local_session_dir())
                 check_local_gpus(config, ray.cluster_resources().get("GPU", 0))
+            hosts = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+            check_shared_output(config.output_dir, hosts, Path("/proc/mounts").read_text())
             weights = weight_transport(config, WeightStore.remote(), CALL_TIMEOUT_S)
             log.info(
                 "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",
