@@ -162,3 +162,40 @@ def test_embedded_redis_killed_mid_run_comes_back(tiny_model_path, tmp_path):
     assert "restarted it on the same data" in log.read_text()
     with EmbeddedRedis(out / "redis") as server:
         audit(redis.Redis.from_url(server.url), "relayrl:faults:trajectories", out, 5)
+
+
+def test_learner_killed_after_latest_before_the_acks_then_resume_trains_nothing_twice(
+    tiny_model_path, tmp_path
+):
+    from relayrl.cluster.audit import audit_run
+
+    out = tmp_path / "run"
+    log = tmp_path / "job.log"
+    config = tmp_path / "job.yaml"
+    config.write_text("name: faults\n")
+    args = job_args(tiny_model_path, out, steps=4, extra=[])
+    args[args.index("-")] = str(config)
+    # The learner dies on its second commit: `latest` names step 2, its entries are unacked.
+    armed = {**os.environ, "RELAYRL_FAULT": "after_latest_before_acks:kill@2"}
+    cwd = Path(__file__).resolve().parents[1]
+    first = subprocess.Popen(
+        args, cwd=cwd, env=armed, stdout=log.open("a"), stderr=subprocess.STDOUT
+    )
+    try:
+        assert first.wait(600) != 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    crashed = audit_run(out)
+    assert crashed.ok, "\n".join(crashed.lines())
+    assert crashed.trained == 2 * 4 and crashed.awaiting_ack >= 4
+
+    resumed = start([*args, "--resume"], log)
+    assert resumed.wait(600) == 0, log.read_text()[-3000:]
+    report = audit_run(out)
+    assert report.ok, "\n".join(report.lines())
+    assert report.duplicates == [] and report.awaiting_ack == 0
+    assert report.trained == 4 * 4
+    ledger = read_ledger(out / "checkpoints")
+    assert [r["step"] for r in ledger] == [1, 2, 3, 4]
+    assert all("duplicate" not in r["discarded"] for r in ledger)
