@@ -1,9 +1,11 @@
 """Versioned weights through the Ray object store (the `object_store` transport).
 
-The learner publishes each version once; the store actor keeps its own copy, so workers can
-pull the current version even after the learner that produced it has died. Under a push
-transport (NCCL) the store keeps only the version's metadata and the roster of engines the
-learner sends to.
+The learner writes each version once into the object store, from views of its parameters, and
+hands the store actor the reference that workers pull; the store never copies it. One version
+exists at a time: the store lets go of the previous one before the next is written (a worker
+still pulling it keeps it alive until it is done). The object belongs to the learner's process,
+whose death ends the job anyway. Under a push transport (NCCL) the store keeps only the
+version's metadata and the roster of engines the learner sends to.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ WireState = dict[str, tuple[str, np.ndarray]]
 
 
 def to_wire(state: Mapping[str, torch.Tensor]) -> WireState:
-    wire = {}
+    """Views of the tensors (no copy when they are CPU and contiguous); a tensor under two
+    names (tied embeddings) is one array, so it is serialized once."""
+    wire: WireState = {}
+    arrays: dict[int, tuple[str, np.ndarray]] = {}
     for name, tensor in state.items():
-        tensor = tensor.detach().contiguous().cpu()
-        bits = tensor.view(_BITS_DTYPE[tensor.dtype]) if tensor.dtype in _BITS_DTYPE else tensor
-        wire[name] = (str(tensor.dtype), bits.numpy())
+        if id(tensor) not in arrays:
+            flat = tensor.detach().contiguous().cpu()
+            bits = flat.view(_BITS_DTYPE[flat.dtype]) if flat.dtype in _BITS_DTYPE else flat
+            arrays[id(tensor)] = (str(flat.dtype), bits.numpy())
+        wire[name] = arrays[id(tensor)]
     return wire
 
 
@@ -67,13 +74,20 @@ class WeightStore:
         self._engines: dict[str, EngineMember] = {}
         self._registrations = 0
 
-    def put(self, info: WeightVersion, wire: WireState | None) -> None:
-        """Record a version; `wire` None keeps metadata only (the tensors are pushed)."""
+    def put(self, info: WeightVersion, tensors: list[ray.ObjectRef] | None) -> None:
+        """Record a version; `tensors` is [the reference of its WireState] (in a list, so Ray
+        passes the reference, not the tensors); None keeps metadata only (they are pushed)."""
         if self._latest is not None and info.version <= self._latest[0].version:
             raise ValueError(
                 f"weight version {info.version} is not newer than {self._latest[0].version}"
             )
-        self._latest = (info, None if wire is None else ray.put(wire))
+        self._latest = (info, None if tensors is None else tensors[0])
+
+    def release_tensors(self) -> None:
+        """Let go of the current version's tensors (its metadata stays) before the next
+        version is written; a worker still pulling them keeps them alive until it is done."""
+        if self._latest is not None:
+            self._latest = (self._latest[0], None)
 
     def latest(self) -> WeightVersion | None:
         return self._latest[0] if self._latest else None
@@ -119,7 +133,9 @@ class ObjectStoreWeights:
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion:
         digest, num_bytes = checksum(state)
         info = WeightVersion(version, time.time(), digest, num_bytes)
-        ray.get(self._store.put.remote(info, to_wire(state)), timeout=self._timeout_s)
+        ray.get(self._store.release_tensors.remote(), timeout=self._timeout_s)
+        tensors = ray.put(to_wire(state))
+        ray.get(self._store.put.remote(info, [tensors]), timeout=self._timeout_s)
         return info
 
     def latest(self) -> WeightVersion | None:

@@ -30,6 +30,7 @@ from relayrl.learner.engines import training_engine
 from relayrl.learner.full_state import full_state_dict
 from relayrl.learner.group_filter import DROPPED_METRIC, DROPPED_REASON, ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
+from relayrl.learner.memory_metrics import learner_memory_metrics
 from relayrl.learner.micro_batches import rank_micro_batches
 from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.reference import ReferenceModel
@@ -255,6 +256,7 @@ class DeepSpeedLearner:
                 "time/publish_s": time.perf_counter() - publish_started,
             }
         )
+        metrics.update(learner_memory_metrics())
         return metrics
 
     # ---- weights and checkpoints -------------------------------------------------------

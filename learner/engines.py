@@ -16,29 +16,56 @@ if TYPE_CHECKING:
     from relayrl.learner.deepspeed_learner import LearnerSettings
 
 
-def _common_config(settings: LearnerSettings, zero_stage: int) -> dict[str, Any]:
+# DeepSpeed's own bucket defaults (elements), sized for multi-billion-parameter GPU jobs.
+DEEPSPEED_BUCKET = 500_000_000
+DEEPSPEED_PREFETCH_BUCKET = 50_000_000
+# Floor of a derived bucket: still one large message for the collectives.
+MIN_BUCKET = 1 << 22
+
+
+def bucket_sizes(parameters: int) -> dict[str, int]:
+    """ZeRO bucket sizes (elements) from the model size: an eighth of the model, between
+    MIN_BUCKET and DeepSpeed's default. Each gradient bucket is allocated twice (ZeRO-2 overlaps
+    reduction with backward) and filled up to its size, so at the default a 135M model keeps a
+    whole extra copy of its gradients; an eighth keeps the reductions few and large."""
+
+    def derived(default: int) -> int:
+        return max(MIN_BUCKET, min(default, parameters // 8))
+
+    return {
+        "reduce_bucket_size": derived(DEEPSPEED_BUCKET),
+        "allgather_bucket_size": derived(DEEPSPEED_BUCKET),
+        "stage3_prefetch_bucket_size": derived(DEEPSPEED_PREFETCH_BUCKET),
+    }
+
+
+def _common_config(settings: LearnerSettings, zero_stage: int, parameters: int) -> dict[str, Any]:
     return {
         # Micro-batching and accumulation are ours (token-budget packing); DeepSpeed only
         # needs consistent numbers here.
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "train_batch_size": settings.world_size,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": {"stage": zero_stage} | bucket_sizes(parameters),
         "bf16": {"enabled": settings.dtype == "bfloat16"},
         "steps_per_print": 1 << 30,
     }
 
 
-def training_config(settings: LearnerSettings) -> dict[str, Any]:
-    return _common_config(settings, settings.zero_stage) | {
+def training_config(settings: LearnerSettings, parameters: int) -> dict[str, Any]:
+    return _common_config(settings, settings.zero_stage, parameters) | {
         "gradient_clipping": settings.grad_clip,
         "zero_allow_untested_optimizer": True,
     }
 
 
-def inference_config(settings: LearnerSettings) -> dict[str, Any]:
+def inference_config(settings: LearnerSettings, parameters: int) -> dict[str, Any]:
     # Below ZeRO-3 there is nothing to shard without an optimizer: every rank keeps a copy.
-    return _common_config(settings, 3 if settings.zero_stage == 3 else 0)
+    return _common_config(settings, 3 if settings.zero_stage == 3 else 0, parameters)
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def warmup_schedule(steps: int) -> Callable[[int], float]:
@@ -51,11 +78,17 @@ def training_engine(model: nn.Module, settings: LearnerSettings, lr: float) -> A
     import deepspeed
 
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=settings.betas, weight_decay=settings.weight_decay
+        model.parameters(),
+        lr=lr,
+        betas=settings.betas,
+        weight_decay=settings.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(settings.warmup_steps))
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=training_config(settings)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=training_config(settings, _parameters(model)),
     )
     return engine
 
@@ -65,7 +98,9 @@ def inference_engine(model: nn.Module, settings: LearnerSettings) -> Any:
     import deepspeed
 
     model.requires_grad_(False)
-    engine, *_ = deepspeed.initialize(model=model, config=inference_config(settings))
+    engine, *_ = deepspeed.initialize(
+        model=model, config=inference_config(settings, _parameters(model))
+    )
     engine.eval()
     return engine
 

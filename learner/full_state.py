@@ -21,7 +21,8 @@ def full_state_dict(module: nn.Module, zero_stage: int, rank: int) -> dict[str, 
                 with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
                     copies[key] = tensor.detach().clone().cpu() if rank == 0 else tensor[:0]
             else:
-                # Not gathered, so not released: publishing and saving copy it themselves.
+                # A view of the live parameter, never a copy: publishing writes it once into
+                # the object store, saving once into the checkpoint file.
                 copies[key] = tensor.detach().cpu() if rank == 0 else tensor[:0]
         if rank == 0:
             state[name] = copies[key]

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from relayrl.learner.algorithms.logprobs import token_entropy, token_logprobs
 from relayrl.learner.algorithms.types import AdvantageOutput, LossInputs, LossOutput, PolicyLoss
 from relayrl.learner.batching import PaddedBatch
 from relayrl.learner.engines import step_and_grad_norm
@@ -16,6 +15,7 @@ from relayrl.learner.micro_batches import MicroBatch, micro_batch_tensors
 from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.rank_sync import WeightedMeans, sum_over_ranks
 from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES
+from relayrl.learner.token_scores import token_scores
 from relayrl.learner.value_model import ValueModel
 from relayrl.trajectory import Trajectory
 
@@ -51,9 +51,10 @@ class PolicyUpdate:
     def policy_logprobs(self, batch: PaddedBatch) -> Tensor:
         """The policy's log-probs before the update: the proximal policy of decoupled PPO."""
         self.engine.eval()
-        batch = batch.to(self.engine.device)
-        logits = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return token_logprobs(logits, batch.input_ids, self.settings.temperature)
+        logprobs, _ = token_scores(
+            self.engine, batch.to(self.engine.device), self.settings.temperature
+        )
+        return logprobs
 
     def run(
         self,
@@ -111,10 +112,9 @@ class PolicyUpdate:
         s = self.settings
         width = tensors.input_ids.shape[1]
         self.engine.set_gradient_accumulation_boundary(boundary)
-        logits = self.engine(
-            input_ids=tensors.input_ids, attention_mask=tensors.attention_mask
-        ).logits
-        logprobs = token_logprobs(logits, tensors.input_ids, s.temperature)
+        logprobs, entropy = token_scores(
+            self.engine, tensors, s.temperature, with_entropy=bool(s.algorithm.entropy)
+        )
         device = logprobs.device
         old_logprobs, weights = self.off_policy.ratio_inputs(
             logprobs, tensors, _rows(scores, PROXIMAL, rows, width, device)
@@ -125,7 +125,7 @@ class PolicyUpdate:
             old_logprobs=old_logprobs,
             advantages=estimate.advantages[rows, :width].to(device),
             ref_logprobs=_rows(scores, REFERENCE, rows, width, device),
-            entropy=token_entropy(logits, s.temperature) if s.algorithm.entropy else None,
+            entropy=entropy,
             importance_weights=weights,
         )
         out = self.objective(inputs, normalizer)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from relayrl.learner.algorithms import token_entropy, token_logprobs
+from relayrl.learner.algorithms.logprobs import head_token_scores
 
 
 def logits_and_tokens(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +82,70 @@ def test_bad_temperature_is_rejected() -> None:
     logits, tokens = logits_and_tokens()
     with pytest.raises(ValueError, match="temperature"):
         token_logprobs(logits, tokens, 0.0)
+
+
+def hidden_head_tokens() -> tuple[torch.Tensor, torch.nn.Linear, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 9, 8, generator=generator)
+    head = torch.nn.Linear(8, 50, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(50, 8, generator=generator))
+    tokens = torch.randint(0, 50, (3, 9), generator=generator)
+    return hidden, head, tokens
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, None])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_token_scores_match_full_logits_values_and_gradients(
+    chunk_size: int | None, temperature: float
+) -> None:
+    """The chunked head against the full [B, T, V] logits, in float32 to 1e-5: log-probs,
+    entropies and the gradients of both the hidden states and the head's weight."""
+    hidden, head, tokens = hidden_head_tokens()
+    weights = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(2))
+    ours = hidden.clone().requires_grad_(True)
+    theirs = hidden.clone().requires_grad_(True)
+    logprobs, entropy = head_token_scores(ours, head, tokens, temperature, True, chunk_size)
+    assert entropy is not None
+    (logprobs * weights + entropy * weights.flip(0)).sum().backward()
+    ours_weight_grad, head.weight.grad = head.weight.grad, None
+    logits = head(theirs)
+    expected_logprobs = plain_logprobs(logits, tokens, temperature)
+    expected_entropy = plain_entropy(logits, temperature)
+    (expected_logprobs * weights + expected_entropy * weights.flip(0)).sum().backward()
+    close = {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(logprobs, expected_logprobs, **close)
+    torch.testing.assert_close(entropy, expected_entropy, **close)
+    torch.testing.assert_close(ours.grad, theirs.grad, **close)
+    torch.testing.assert_close(ours_weight_grad, head.weight.grad, **close)
+
+
+def test_head_token_scores_never_keep_a_full_logits_tensor_for_backward() -> None:
+    hidden, head, tokens = hidden_head_tokens()
+    hidden.requires_grad_(True)
+    saved: list[int] = []
+
+    def record(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda tensor: tensor):
+        logprobs, _ = head_token_scores(hidden, head, tokens, chunk_size=4)
+    logprobs.sum().backward()
+    full_logits = tokens.numel() * head.out_features
+    assert saved, "nothing was saved for backward: the test would not see a full copy"
+    assert max(saved) <= 4 * head.out_features < full_logits
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda tensor: tensor):
+        plain_logprobs(head(hidden), tokens, 1.0).sum().backward()
+    assert max(saved) >= tokens.shape[0] * (tokens.shape[1] - 1) * head.out_features
+
+
+def test_head_token_scores_without_gradients_and_of_one_token() -> None:
+    hidden, head, tokens = hidden_head_tokens()
+    with torch.no_grad():
+        logprobs, entropy = head_token_scores(hidden, head, tokens, chunk_size=2)
+        expected = plain_logprobs(head(hidden), tokens, 1.0)
+        single, _ = head_token_scores(hidden[:, :1], head, tokens[:, :1])
+    assert entropy is None
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=1e-5)
+    assert single.shape == (3, 1) and not single.any()

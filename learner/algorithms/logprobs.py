@@ -1,8 +1,10 @@
-"""Token log-probs and entropies from logits without materializing a [B, T, V] float copy.
+"""Token log-probs and entropies without materializing a [B, T, V] float copy.
 
 A plain log_softmax keeps a float32 [B, T, V] tensor alive for backward (gigabytes at a 150k
-vocabulary). These functions work on chunks of positions in forward and recompute the softmax of
-each chunk in backward, so the only full-size tensors are the logits and their gradient.
+vocabulary). token_logprobs and token_entropy work on chunks of positions of given logits in
+forward and recompute the softmax of each chunk in backward, so the only full-size tensors are
+the logits and their gradient. head_token_scores goes one step further: it starts from the last
+hidden states and applies the output layer chunk by chunk, so the logits never exist whole.
 
 Alignment: logits[:, t] predicts tokens[:, t + 1]; the output at position t belongs to token t
 (log p(tokens[t] | tokens[:t]) or the entropy of the distribution it was sampled from), and
@@ -15,14 +17,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 DEFAULT_CHUNK = 1024
 
 
 def token_logprobs(
-    logits: Tensor, tokens: Tensor, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK
+    logits: Tensor,
+    tokens: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Tensor:
     """[B, T] log-probs of `tokens` [B, T] under softmax(logits [B, T, V] / temperature)."""
     _check(temperature, chunk_size)
@@ -62,7 +68,11 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
 class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: FunctionCtx, logits: Tensor, tokens: Tensor, temperature: float, chunk_size: int
+        ctx: FunctionCtx,
+        logits: Tensor,
+        tokens: Tensor,
+        temperature: float,
+        chunk_size: int,
     ) -> Tensor:
         out_dtype = torch.promote_types(logits.dtype, torch.float32)
         out = logits.new_zeros(tokens.shape, dtype=out_dtype)
@@ -114,3 +124,67 @@ class _TokenEntropy(torch.autograd.Function):
                 grad.dtype
             )
         return grad, None, None
+
+
+# Logits of one chunk of positions stay under this many elements (32 MiB in float32).
+HEAD_CHUNK_ELEMENTS = 1 << 23
+
+
+def head_token_scores(
+    hidden: Tensor,
+    head: nn.Module,
+    tokens: Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of `tokens` [B, T] (and entropies) from the last hidden states [B, T, H]
+    through the output layer `head`, aligned like token_logprobs.
+
+    The head runs on `chunk_size` positions at a time (by default, as many as keep a chunk's
+    logits under HEAD_CHUNK_ELEMENTS) and, with gradients, each chunk's logits are recomputed
+    in backward instead of kept: no [B, T, V] tensor exists, in forward or in backward."""
+    batch, length, width = hidden.shape
+    vocab = getattr(head, "out_features", None) or HEAD_CHUNK_ELEMENTS
+    chunk = chunk_size or max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    _check(temperature, chunk)
+    predicting = hidden[:, :-1].reshape(-1, width)
+    targets = tokens[:, 1:].reshape(-1).long()
+    recompute = torch.is_grad_enabled() and predicting.requires_grad
+    logprobs, entropies = [], []
+    for start in range(0, predicting.shape[0], chunk):
+        part = (head, predicting[start : start + chunk], targets[start : start + chunk])
+        scores = (
+            checkpoint(_head_chunk, *part, temperature, with_entropy, use_reentrant=False)
+            if recompute
+            else _head_chunk(*part, temperature, with_entropy)
+        )
+        logprobs.append(scores[0])
+        entropies.extend(scores[1:])
+    out_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    return (
+        _aligned(logprobs, batch, length, out_dtype, hidden),
+        _aligned(entropies, batch, length, out_dtype, hidden) if with_entropy else None,
+    )
+
+
+def _head_chunk(
+    head: nn.Module,
+    hidden: Tensor,
+    targets: Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[Tensor, ...]:
+    log_p = torch.log_softmax(_scaled(head(hidden), temperature), dim=-1)
+    picked = log_p.gather(-1, targets[:, None]).squeeze(-1)
+    return (picked, -(log_p.exp() * log_p).sum(dim=-1)) if with_entropy else (picked,)
+
+
+def _aligned(
+    parts: list[Tensor], batch: int, length: int, dtype: torch.dtype, like: Tensor
+) -> Tensor:
+    """[B, T] from the flat scores of positions 1..T-1, with position 0 (predicted by nothing) 0."""
+    first = like.new_zeros((batch, 1), dtype=dtype)
+    if not parts:
+        return first.expand(batch, length).contiguous()
+    return torch.cat([first, torch.cat(parts).view(batch, length - 1)], dim=1)
