@@ -214,5 +214,8 @@ def run_redis(output_dir: Path) -> Iterator[tuple[redis.Redis, str]]:
 
 def audit_run(output_dir: str | Path) -> AuditReport:
     output_dir = Path(output_dir)
-    with run_redis(output_dir) as (client, stream):
-        return audit_stream(client, stream, output_dir / "checkpoints")
+    try:
+        with run_redis(output_dir) as (client, stream):
+            return audit_stream(client, stream, output_dir / "checkpoints")
+    except redis.RedisError as exc:
+        raise JobConfigError(f"cannot read the Redis of the run in {output_dir}: {exc}") from exc
