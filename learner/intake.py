@@ -73,8 +73,7 @@ def invalid_for_model(trajectory: Trajectory, vocab_size: int | None) -> str | N
         low, high = int(trajectory.tokens.min()), int(trajectory.tokens.max())
         if low < 0 or high >= vocab_size:
             return f"token ids span [{low}, {high}], outside the vocabulary of {vocab_size}"
-    if trajectory.num_sampled_tokens == 0:
-        return "no sampled token to train on"
+    # One that trains no token (a masked void or error episode) stays: its group needs it.
     return None
 
 
