@@ -20,8 +20,13 @@ from relayrl.errors import JobConfigError
 RECONNECT_EVERY_S = 0.5
 
 
+def _flat(exc: BaseException) -> str:
+    """The message on one line: the CLI answers a bad config with exactly one."""
+    return " ".join(str(exc).split())
+
+
 def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return f"{type(exc).__name__}: {_flat(exc)}"
 
 
 def check_env(config: JobConfig) -> None:
@@ -49,7 +54,7 @@ def check_custom_loss(config: JobConfig) -> None:
     try:
         built = build_loss(loss)
     except ValueError as exc:  # the registry's and build_loss's own messages name the target
-        raise JobConfigError(f"{field}: {' '.join(str(exc).split())}") from None
+        raise JobConfigError(f"{field}: {_flat(exc)}") from None
     except Exception as exc:  # a user's module or factory failed: still the config's problem
         raise JobConfigError(
             f"{field} {loss.target!r}: building it failed ({_one_line(exc)})"
@@ -120,7 +125,7 @@ def check_buffer(config: JobConfig) -> None:
             socket_timeout=timeout_s,
         )
     except ValueError as exc:
-        raise JobConfigError(f"buffer.url {shown}: {' '.join(str(exc).split())}") from None
+        raise JobConfigError(f"buffer.url {shown}: {_flat(exc)}") from None
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -135,7 +140,7 @@ def check_buffer(config: JobConfig) -> None:
                 if time.monotonic() >= deadline:
                     raise JobConfigError(
                         f"buffer.url {shown}: no Redis answered within {timeout_s:g}s "
-                        f"(buffer.connect_timeout_s): {' '.join(str(exc).split())}"
+                        f"(buffer.connect_timeout_s): {_flat(exc)}"
                     ) from None
             except redis.ResponseError as exc:
                 raise JobConfigError(f"buffer.url {shown}: Redis refused a PING ({exc})") from None
