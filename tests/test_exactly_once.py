@@ -366,3 +366,28 @@ def test_decode_refuses_values_no_producer_writes() -> None:
     negative.tokens[0] = -4
     with pytest.raises(TrajectoryDecodeError, match="negative token"):
         decode(encode(negative))
+
+
+def test_dead_letter_stream_is_trimmed_and_its_count_kept(redis_server, tmp_path, monkeypatch):
+    from relayrl.cluster import redis_buffer
+
+    monkeypatch.setattr(redis_buffer, "DEAD_LETTER_MAXLEN", 10)
+    buffer = RedisStreamBuffer(redis_server.url, STREAM)
+    buffer.ensure_group()
+    client = client_of(redis_server.url)
+    for _ in range(300):
+        client.xadd(STREAM, {PAYLOAD_FIELD: b"\x93junk"})
+    client.incrby(buffer.added_key, 300)
+    while buffer.read(100, block_ms=10) or buffer.stats().undelivered:
+        pass
+    assert client.xlen(buffer.dead_letter_stream) < 300  # trimmed (approximately) to its bound
+    assert_invariant(redis_server.url, tmp_path, dead_lettered=300, pending=0, undelivered=0)
+
+
+def test_stream_memory_is_measured_for_the_budget(redis_server) -> None:
+    buffer = RedisStreamBuffer(redis_server.url, STREAM)
+    buffer.ensure_group()
+    empty = buffer.memory_bytes()
+    for i in range(20):
+        buffer.push(group(f"m{i}"))
+    assert buffer.memory_bytes() > empty
