@@ -1,4 +1,4 @@
-"""A local sandbox for untrusted Python: bubblewrap namespaces, rlimits and cgroups.
+"""A local sandbox for untrusted Python: bubblewrap namespaces, seccomp, rlimits and cgroups.
 
 The Ray actor pool lives in `relayrl.envs.sandbox.pool` (imported on demand: it needs Ray).
 """
