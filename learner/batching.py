@@ -30,6 +30,10 @@ class GroupAssembler:
     def complete_groups(self) -> int:
         return sum(len(g) >= self.group_size for g in self._groups.values())
 
+    def remove_group(self, group_id: str) -> list[BufferEntry]:
+        """Take out a group that can never complete (a member was dead-lettered)."""
+        return self._groups.pop(group_id, [])
+
     def held(self) -> int:
         return sum(len(g) for g in self._groups.values())
 

@@ -41,6 +41,8 @@ IN_FLIGHT_FILE = "in_flight.json"
 
 DUPLICATE = "duplicate"
 STALE = "stale"
+# The rest of a group one of whose members was dead-lettered: it can never be complete.
+INCOMPLETE_GROUP = "incomplete_group"
 # Sampled by a policy newer than the trained one: a crash threw that policy's steps away.
 LOST_TIMELINE = "lost_timeline"
 
@@ -117,6 +119,7 @@ class BatchIntake:
         self.uncommitted: list[StepRecord] = []
         self._discards: list[tuple[BufferEntry, str]] = []
         self._failures: dict[str, int] = {}  # entry id -> failed steps it was trained in
+        self._broken_groups: set[str] = set()  # groups with a dead-lettered member
         self._started = False
         self.last_entry_id: str | None = None  # stream position, kept in checkpoints
 
@@ -175,6 +178,7 @@ class BatchIntake:
             self.last_entry_id = entries[-1].entry_id
         fresh: list[BufferEntry] = []
         committed: list[str] = []
+        broken: set[str] = set()
         quarantined = duplicates = 0
         for entry in entries:
             entry_id, trajectory_id = entry.entry_id, entry.trajectory.id
@@ -186,6 +190,7 @@ class BatchIntake:
             problem = self._quarantine_reason(entry)
             if problem is not None:
                 quarantined += self.consumer.dead_letter(entry_id, problem)
+                broken.add(entry.trajectory.group_id)
                 continue
             if trajectory_id in self.seen_ids or trajectory_id in self._held_trajectories:
                 self._held[entry_id] = None
@@ -195,7 +200,13 @@ class BatchIntake:
                 self._held[entry_id] = trajectory_id
                 self._held_trajectories.add(trajectory_id)
                 fresh.append(entry)
-        self.assembler.add(fresh)
+        self._broken_groups |= broken
+        orphans = [e for e in fresh if e.trajectory.group_id in self._broken_groups]
+        self.assembler.add(e for e in fresh if e.trajectory.group_id not in self._broken_groups)
+        for group_id in broken:
+            orphans += self.assembler.remove_group(group_id)
+        if orphans:
+            self._drop(orphans, INCOMPLETE_GROUP)
         if committed:
             self.consumer.ack(committed)
         self.consumer.book(duplicates)

@@ -234,10 +234,19 @@ def test_token_ids_outside_the_vocabulary_are_dead_lettered(redis_server, tmp_pa
     assert [f[b"reason"] for _, f in dead] == [
         b"token ids span [1, 99], outside the vocabulary of 10"
     ]
-    intake.record_step(1, batch)
+    # p2's group can never be complete: discarded, so it neither waits forever nor keeps an
+    # admission slot.
+    assert intake.record_step(1, batch) == {"incomplete_group": 1}
+    assert buffer.backlog() == 0
     commit(intake, tmp_path, 1)
-    # p2 waits for a partner that will never come: pending, still accounted.
-    assert_invariant(redis_server.url, tmp_path, trained=2, dead_lettered=1, pending=1)
+    assert_invariant(
+        redis_server.url,
+        tmp_path,
+        trained=2,
+        dead_lettered=1,
+        pending=0,
+        discarded={"incomplete_group": 1},
+    )
 
 
 def test_a_batch_that_keeps_crashing_the_step_is_quarantined(redis_server, tmp_path):
