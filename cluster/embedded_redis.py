@@ -282,7 +282,8 @@ class EmbeddedRedis:
             # SIGTERM makes redis flush the append-only file before it exits.
             end_process(process.pid, timeout_s)
             process.wait()
-        self.pidfile.unlink(missing_ok=True)
+        if self._owner_fd is not None:  # the pidfile is the owner's, never a refused one's
+            self.pidfile.unlink(missing_ok=True)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
