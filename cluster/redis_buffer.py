@@ -53,16 +53,18 @@ return 1
 # plus never delivered, less those the learner has booked but not yet acknowledged.
 _BACKLOG_SCRIPT = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1])[1]
-local last = '0-0'
+local last, lag = '0-0', false
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, delivered
+  local name, delivered, behind = nil, nil, false
   for i = 1, #group, 2 do
     if group[i] == 'name' then name = group[i + 1] end
     if group[i] == 'last-delivered-id' then delivered = group[i + 1] end
+    if group[i] == 'lag' then behind = group[i + 1] end
   end
-  if name == ARGV[1] then last = delivered end
+  if name == ARGV[1] then last, lag = delivered, behind end
 end
-local undelivered = #redis.call('XRANGE', KEYS[1], '(' .. last, '+')
+-- Redis 7 keeps the lag (nil when it cannot tell); 6.2 needs the entries counted.
+local undelivered = lag or #redis.call('XRANGE', KEYS[1], '(' .. last, '+')
 local booked = tonumber(redis.call('GET', KEYS[2]) or '0')
 return {pending, undelivered, booked}
 """
