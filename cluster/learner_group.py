@@ -1,4 +1,5 @@
-"""The learner ranks as Ray actors: rank 0 is created first so the others learn its address."""
+"""The learner ranks as Ray actors in one packed placement group: rank 0 is asked for its
+address first, so the others can join its process group."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from dataclasses import replace
 from typing import Any
 
 import ray
+from ray.util.placement_group import remove_placement_group
 
 from relayrl.admission import SampleRefill
 from relayrl.buffer import TrajectoryConsumer
+from relayrl.cluster.placement import in_bundle, learner_placement
 from relayrl.learner.deepspeed_learner import DeepSpeedLearner, LearnerSettings
 from relayrl.weights import WeightPublisher
 
@@ -42,8 +45,14 @@ class LearnerGroup:
         gpus_per_rank: int = 0,
     ) -> None:
         self.call_timeout_s = call_timeout_s
+        # All ranks are placed together or not at all: a partial group would hang in setup.
+        self.placement = learner_placement(
+            settings.world_size, cpus_per_rank, gpus_per_rank, call_timeout_s
+        )
         self.ranks = [
-            LearnerActor.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank).remote(
+            LearnerActor.options(
+                num_cpus=cpus_per_rank, num_gpus=gpus_per_rank, **in_bundle(self.placement, rank)
+            ).remote(
                 replace(settings, rank=rank),
                 consumer if rank == 0 else None,
                 publisher if rank == 0 else None,
@@ -73,3 +82,4 @@ class LearnerGroup:
     def kill(self) -> None:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
+        remove_placement_group(self.placement)

@@ -9,13 +9,18 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from relayrl.actors.rollout_worker import RolloutWorker, WorkerSettings
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
+from relayrl.cluster.placement import engine_placement, in_bundle
 from relayrl.weights import WeightSubscriber
 
 log = logging.getLogger(__name__)
+
+# How long a killed worker may take to be gone before its replacement is started anyway.
+KILL_WAIT_S = 60.0
 
 RemoteRolloutWorker = ray.remote(max_restarts=0)(RolloutWorker)
 
@@ -29,6 +34,11 @@ class _Member:
     worker_id: str
     handle: Any
     run_ref: ray.ObjectRef
+    # Resolves once the actor's constructor (engine start-up included) has returned.
+    ready_ref: ray.ObjectRef
+    # The worker's bundle: its CPUs and all its engine's GPUs, on one node.
+    placement: PlacementGroup
+    ready_seen: bool = False
 
 
 class RolloutFleet:
@@ -68,14 +78,30 @@ class RolloutFleet:
     def add(self) -> str:
         worker_id = f"worker-{self._serial}"
         self._serial += 1
+        placement = engine_placement(self._cpus, self._gpus)
         handle = RemoteRolloutWorker.options(
-            num_cpus=self._cpus, num_gpus=self._gpus, name=None
+            num_cpus=self._cpus, num_gpus=self._gpus, name=None, **in_bundle(placement)
         ).remote(self._make_settings(worker_id), self._producer, self._weights, self._gate)
-        # A push transport starts sending to the engine once it is built (calls queue until
-        # the actor's constructor returns); pull transports ignore this.
-        self._weights.attach(worker_id, handle, self._engine_world_size)
-        self._members[worker_id] = _Member(worker_id, handle, handle.run.remote())
+        self._members[worker_id] = _Member(
+            worker_id, handle, handle.run.remote(), handle.__ray_ready__.remote(), placement
+        )
         return worker_id
+
+    def _attach_ready(self) -> None:
+        """Register started engines with the weight transport. Only once the constructor
+        returned: a push transport's rendezvous would time out on an engine still starting."""
+        waiting = {m.ready_ref: m for m in self._members.values() if not m.ready_seen}
+        if not waiting:
+            return
+        ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
+        for ref in ready:
+            member = waiting[ref]
+            member.ready_seen = True
+            try:
+                ray.get(ref)
+            except (RayActorError, RayTaskError):
+                continue  # the constructor failed: the run loop's error reports why
+            self._weights.attach(member.worker_id, member.handle, self._engine_world_size)
 
     def scale_to(self, count: int) -> None:
         while self.size < count:
@@ -87,6 +113,7 @@ class RolloutFleet:
         member = self._members.pop(worker_id)
         self._weights.detach(worker_id)
         ray.kill(member.handle, no_restart=True)
+        remove_placement_group(member.placement)
         lost = ray.get(self._controller.forget_worker.remote(worker_id))
         log.info("removed %s (%d admitted samples released)", worker_id, lost)
 
@@ -96,6 +123,7 @@ class RolloutFleet:
     def supervise(self) -> list[str]:
         """Replace workers whose run loop ended with an error; returns what happened."""
         events = []
+        self._attach_ready()
         refs = {member.run_ref: member for member in self._members.values()}
         done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
         for ref in done:
@@ -107,6 +135,10 @@ class RolloutFleet:
                 cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
             self._members.pop(member.worker_id)
             self._weights.detach(member.worker_id)
+            # A run loop that raised leaves its actor alive, holding its GPU memory (and a
+            # half-loaded engine): it must be gone before the replacement asks for the GPU.
+            _kill(member.handle, KILL_WAIT_S)
+            remove_placement_group(member.placement)
             ray.get(self._controller.forget_worker.remote(member.worker_id))
             if self.restarts >= self._restart_budget:
                 raise FleetDeadError(
@@ -139,5 +171,15 @@ class RolloutFleet:
             log.warning("rollout workers did not stop cleanly: %s", exc)
         for member in self._members.values():
             ray.kill(member.handle, no_restart=True)
+            remove_placement_group(member.placement)
         self._members.clear()
         return self.reports
+
+
+def _kill(handle: Any, wait_s: float) -> None:
+    """Kill an actor and wait (bounded) until Ray reports it dead: a call on a killed actor
+    resolves, with an error, only then."""
+    ray.kill(handle, no_restart=True)
+    gone, _ = ray.wait([handle.__ray_ready__.remote()], timeout=wait_s)
+    if not gone:
+        log.warning("a killed rollout worker was still reported alive after %.0f s", wait_s)

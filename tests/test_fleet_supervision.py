@@ -1,0 +1,123 @@
+"""The rollout fleet on real Ray with real workers (tiny model, transformers engine): an
+engine is registered with the weight transport only once its worker has started, and a
+worker whose run loop failed is killed (its process gone) before its replacement starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+import ray
+from ray.exceptions import RayActorError
+
+from relayrl.actors.engine import SamplingSettings
+from relayrl.actors.rollout_worker import WorkerSettings
+from relayrl.cluster.controller import RolloutController
+from relayrl.cluster.ray_runtime import ray_session
+from relayrl.cluster.rollout_fleet import RolloutFleet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    with ray_session(2):
+        yield
+
+
+class RegistrationLog:
+    """A push transport that only records which engines were registered and left."""
+
+    pushes = True
+
+    def __init__(self) -> None:
+        self.attached: list[str] = []
+        self.detached: list[str] = []
+
+    def latest(self) -> None:
+        return None
+
+    def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
+        self.attached.append(worker_id)
+
+    def detach(self, worker_id: str) -> None:
+        self.detached.append(worker_id)
+
+
+class EmptyBacklog:
+    def backlog(self) -> int:
+        return 0
+
+
+class RefusingGate:
+    """Admission that fails: the run loop raises while its actor stays alive."""
+
+    async def acquire(self, worker_id: str, count: int) -> int | None:
+        raise RuntimeError(f"{worker_id}: admission refused by the test")
+
+    async def release(self, worker_id: str, count: int, produced: bool) -> None:
+        return None
+
+
+def fleet(model_path: str, weights: RegistrationLog, budget: int) -> RolloutFleet:
+    def settings(worker_id: str) -> WorkerSettings:
+        return WorkerSettings(
+            worker_id=worker_id,
+            model_path=model_path,
+            engine="transformers",
+            dtype="float32",
+            torch_threads=1,
+            group_size=2,
+            sampling=SamplingSettings(max_new_tokens=4),
+            env_name="arithmetic",
+        )
+
+    controller = RolloutController.remote(4, 0, EmptyBacklog(), desired_workers=1)
+    return RolloutFleet(
+        settings, None, weights, RefusingGate(), controller,  # type: ignore[arg-type]
+        cpus_per_worker=0.5, restart_budget=budget,
+    )  # fmt: skip
+
+
+def _pid(handle: Any) -> int:
+    return ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=120)
+
+
+def test_an_engine_is_registered_only_after_its_worker_started(
+    ray_instance: None, tiny_model_path: str
+) -> None:
+    weights = RegistrationLog()
+    workers = fleet(tiny_model_path, weights, budget=0)
+    worker_id = workers.add()
+    assert weights.attached == [], "registered while its engine was still being built"
+    ray.get(workers.handle(worker_id).__ray_ready__.remote(), timeout=120)
+    workers._attach_ready()
+    assert weights.attached == [worker_id]
+    workers._attach_ready()
+    assert weights.attached == [worker_id], "registered once"
+    workers.remove(worker_id)
+    assert weights.detached == [worker_id]
+
+
+def test_a_failed_worker_is_killed_before_its_replacement_starts(
+    ray_instance: None, tiny_model_path: str
+) -> None:
+    weights = RegistrationLog()
+    workers = fleet(tiny_model_path, weights, budget=1)
+    first = workers.add()
+    handle = workers.handle(first)
+    pid = _pid(handle)
+    ray.wait([workers._members[first].run_ref], timeout=120)  # its run loop has failed
+
+    events = workers.supervise()
+
+    assert len(events) == 1 and "admission refused by the test" in events[0], events
+    with pytest.raises(RayActorError):
+        ray.get(handle.__ray_ready__.remote(), timeout=30)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert weights.detached == [first]
+    assert workers.worker_ids() == ["worker-1"]
+    workers.stop(timeout_s=30)
