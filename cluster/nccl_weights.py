@@ -15,14 +15,16 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import ray
 import torch
 
 from relayrl.cluster.weight_store import EngineMember
-from relayrl.weights import WeightVersion, checksum
+from relayrl.weights import WeightVersion
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,43 @@ class Sender(Protocol):
 
 
 SenderFactory = Callable[[EngineMember, Mapping[str, torch.Tensor]], Sender]
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+@dataclass(frozen=True)
+class PushReport:
+    worker_id: str
+    version: int
+    num_bytes: int
+    seconds: float
+
+
+def _num_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+
+
+def _concurrently(
+    items: list[_Item], call: Callable[[_Item], _Result]
+) -> list[tuple[_Item, _Result | Exception]]:
+    """`call` on every item at once (each NCCL group has its own peer); errors are returned."""
+    if not items:
+        return []
+
+    def guarded(item: _Item) -> _Result | Exception:
+        try:
+            return call(item)
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="relayrl-push") as pool:
+        return list(zip(items, pool.map(guarded, items), strict=True))
+
+
+def kill_engine_worker(member: EngineMember) -> None:
+    """A failed transfer can leave the engine paused with its update lock held and its GPU
+    memory allocated: end the worker's actor, so the fleet replaces it on a freed GPU."""
+    ray.kill(member.receiver, no_restart=True)
 
 
 def _free_port() -> int:
@@ -78,27 +117,36 @@ class NcclPushWeights:
         call_timeout_s: float = 300.0,
         sender_factory: SenderFactory | None = None,
         roster_poll_s: float = 1.0,
+        on_dropped: Callable[[EngineMember], None] = kill_engine_worker,
     ) -> None:
         self._store = store
+        self._on_dropped = on_dropped
         self._roster_poll_s = roster_poll_s
         self._call_timeout_s = call_timeout_s
         self._make_sender = sender_factory or partial(
             nccl_sender, bucket_bytes=bucket_bytes, timeout_s=timeout_s
         )
         # Learner side only, built up after unpickling in the learner process.
+        self.pushes_done: list[PushReport] = []
         self._senders: dict[str, tuple[EngineMember, Sender]] = {}
         self._current: tuple[WeightVersion, Mapping[str, torch.Tensor]] | None = None
         self._next_roster_check = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # Groups and weights never travel: each process starts with none.
-        return {**self.__dict__, "_senders": {}, "_current": None}
+        return {**self.__dict__, "_senders": {}, "_current": None, "pushes_done": []}
+
+    def take_push_reports(self) -> list[PushReport]:
+        """Pushes finished since the last call (the learner reports them per step)."""
+        done, self.pushes_done = self.pushes_done, []
+        return done
 
     # ---- learner side -------------------------------------------------------------------
 
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion:
-        digest, num_bytes = checksum(state)
-        info = WeightVersion(version, time.time(), digest, num_bytes)
+        # No checksum: reading every byte of a GPU state costs a full copy to the host, and
+        # engines take the tensors from NCCL, never from a copy they could verify.
+        info = WeightVersion(version, time.time(), "", _num_bytes(state))
         self._current = (info, state)
         self._deliver(self._reconcile(), info, state)
         # Announced after delivery: a worker that sees the version already holds it, or
@@ -134,25 +182,35 @@ class NcclPushWeights:
     def _deliver(
         self, members: list[EngineMember], info: WeightVersion, state: Mapping[str, torch.Tensor]
     ) -> None:
-        for member in members:
+        """Open groups for new members, then send to every member at once; whatever goes
+        wrong with one engine drops only that engine."""
+        missing = [member for member in members if member.worker_id not in self._senders]
+        for member, made in _concurrently(missing, lambda m: self._make_sender(m, state)):
+            if isinstance(made, Exception):
+                self._drop(member, f"{type(made).__name__}: {made}")
+            else:
+                self._senders[member.worker_id] = (member, made)
+
+        def send(member: EngineMember) -> float:
             started = time.perf_counter()
-            try:
-                sender = self._sender_for(member, state)
-                sender.send(state, info.version)
-            except Exception as error:  # whatever went wrong, only this engine is dropped
-                self._drop(member, f"{type(error).__name__}: {error}")
+            self._senders[member.worker_id][1].send(state, info.version)
+            return time.perf_counter() - started
+
+        ready = [member for member in members if member.worker_id in self._senders]
+        for member, seconds in _concurrently(ready, send):
+            if isinstance(seconds, Exception):
+                self._drop(member, f"{type(seconds).__name__}: {seconds}")
                 continue
+            self.pushes_done.append(
+                PushReport(member.worker_id, info.version, info.num_bytes, seconds)
+            )
             log.info(
-                "weights v%d -> %s in %.2fs",
+                "weights v%d -> %s: %.1f MB in %.2fs",
                 info.version,
                 member.worker_id,
-                time.perf_counter() - started,
+                info.num_bytes / 1e6,
+                seconds,
             )
-
-    def _sender_for(self, member: EngineMember, state: Mapping[str, torch.Tensor]) -> Sender:
-        if member.worker_id not in self._senders:
-            self._senders[member.worker_id] = (member, self._make_sender(member, state))
-        return self._senders[member.worker_id][1]
 
     def _drop(self, member: EngineMember, cause: str) -> None:
         log.warning("weight push to %s failed, dropping it: %s", member.worker_id, cause)
@@ -162,6 +220,7 @@ class NcclPushWeights:
             self._store.unregister_engine.remote(member.worker_id, member.joined),
             timeout=self._call_timeout_s,
         )
+        self._on_dropped(member)
 
     def _close(self, worker_id: str, why: str) -> None:
         _, sender = self._senders.pop(worker_id)

@@ -254,6 +254,7 @@ class DeepSpeedLearner:
                 "time/wait_batch_s": waited,
                 "time/train_s": trained,
                 "time/publish_s": time.perf_counter() - publish_started,
+                **self._push_metrics(),
             }
         )
         metrics.update(learner_memory_metrics())
@@ -263,12 +264,30 @@ class DeepSpeedLearner:
 
     def publish(self) -> dict[str, Any]:
         """Publish the current weights as `self.version` (all ranks take part in gathering)."""
-        state = full_state_dict(self.engine.module, self.settings.zero_stage, self.settings.rank)
-        if self.settings.rank != 0 or self.publisher is None:
+        s = self.settings
+        if getattr(self.publisher, "pushes", False) and s.zero_stage < 3:
+            # A push transport sends straight from the live GPU parameters: no host copy.
+            module = self.engine.module
+            state = {name: t.detach() for name, t in module.state_dict(keep_vars=True).items()}
+        else:
+            state = full_state_dict(self.engine.module, s.zero_stage, s.rank)
+        if s.rank != 0 or self.publisher is None:
             return {}
         fault_point("mid_publish")
         info = self.publisher.publish(self.version, state)
         return {"version": info.version, "checksum": info.checksum, "bytes": info.num_bytes}
+
+    def _push_metrics(self) -> dict[str, float]:
+        """Bytes and seconds of the pushes into engines since the last step (push only)."""
+        take = getattr(self.publisher, "take_push_reports", None)
+        reports = take() if take is not None else []
+        if not reports:
+            return {}
+        return {
+            "weights/pushed_engines": len(reports),
+            "weights/push_bytes": sum(r.num_bytes for r in reports),
+            "weights/push_s_max": max(r.seconds for r in reports),
+        }
 
     def save_checkpoint(self) -> str:
         """Write a checkpoint, then acknowledge the entries its steps used."""

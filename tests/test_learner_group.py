@@ -60,10 +60,10 @@ class CountingRefill:
     """No rollout fleet here: the test feeds the buffer itself, so a refill only counts."""
 
     def __init__(self) -> None:
-        self.discarded = 0
+        self.booked_entries = 0
 
-    def discard(self, count: int) -> None:
-        self.discarded += count
+    def booked(self, count: int) -> None:
+        self.booked_entries += count
 
 
 def sampled(groups: list[list[Trajectory]]) -> int:

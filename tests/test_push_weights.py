@@ -19,10 +19,9 @@ import torch
 
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout, WorkerSettings
-from relayrl.cluster.nccl_weights import NcclPushWeights
+from relayrl.cluster.nccl_weights import NcclPushWeights, kill_engine_worker
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weight_store import EngineMember, WeightStore
-from relayrl.weights import checksum
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
 
@@ -42,6 +41,10 @@ class RecordingSenders:
         self.closed: list[str] = []
         self.failing: set[str] = set()
         self.on_send: Any = None
+        self.dropped: list[str] = []
+
+    def drop(self, member: EngineMember) -> None:
+        self.dropped.append(member.worker_id)
 
     def __call__(self, member: EngineMember, state: Mapping[str, torch.Tensor]) -> Any:
         self.opened.append((member.worker_id, member.joined))
@@ -68,7 +71,12 @@ class RecordingSenders:
 def push_weights(senders: RecordingSenders) -> tuple[NcclPushWeights, Any]:
     store = WeightStore.remote()
     weights = NcclPushWeights(
-        store, bucket_bytes=1 << 20, timeout_s=1, sender_factory=senders, roster_poll_s=0.0
+        store,
+        bucket_bytes=1 << 20,
+        timeout_s=1,
+        sender_factory=senders,
+        roster_poll_s=0.0,
+        on_dropped=senders.drop,
     )
     return weights, store
 
@@ -79,7 +87,7 @@ def test_versions_reach_current_members_and_joins_between_steps(ray_instance: No
 
     info = weights.publish(0, STATE)
     assert weights.latest() == info and weights.fetch(-1) is None
-    assert info.checksum == checksum(STATE)[0] and info.num_bytes == 36
+    assert info.checksum == "" and info.num_bytes == 36, "no host copy to checksum"
     assert senders.take() == []
 
     weights.attach("a", "receiver-a", 1)
@@ -123,11 +131,44 @@ def test_a_failed_push_drops_that_engine_only(ray_instance: None) -> None:
     info = weights.publish(5, STATE)
 
     assert senders.take() == [("a", 5), ("c", 5)]
-    assert senders.closed == ["b"]
+    assert senders.closed == ["b"] and senders.dropped == ["b"]
     assert sorted(m.worker_id for m in ray.get(store.engines.remote())) == ["a", "c"]
     assert weights.latest() == info, "the version is announced even when one engine fails"
     weights.publish(6, STATE)
     assert senders.take() == [("a", 6), ("c", 6)]
+
+
+def test_engines_are_pushed_at_once_and_each_push_is_reported(ray_instance: None) -> None:
+    senders = RecordingSenders()
+    weights, _ = push_weights(senders)
+    for worker in ("a", "b", "c"):
+        weights.attach(worker, f"receiver-{worker}", 1)
+    both_in_flight = threading.Barrier(3, timeout=30)  # breaks if pushes run one by one
+    senders.on_send = lambda state, version: both_in_flight.wait()
+
+    weights.publish(4, STATE)
+
+    assert senders.take() == [("a", 4), ("b", 4), ("c", 4)] and senders.dropped == []
+    reports = weights.take_push_reports()
+    assert sorted(r.worker_id for r in reports) == ["a", "b", "c"]
+    assert all(r.version == 4 and r.num_bytes == 36 and r.seconds >= 0 for r in reports)
+    assert weights.take_push_reports() == [], "each push is reported once"
+
+
+@ray.remote(num_cpus=0)
+class PausedEngineWorker:
+    """Stands for a worker whose engine a failed transfer left paused, lock held."""
+
+    def ping(self) -> str:
+        return "alive"
+
+
+def test_a_dropped_engine_s_worker_is_killed(ray_instance: None) -> None:
+    worker = PausedEngineWorker.remote()
+    assert ray.get(worker.ping.remote(), timeout=60) == "alive"
+    kill_engine_worker(EngineMember("w", 1, worker, 1))
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(worker.ping.remote(), timeout=60)
 
 
 def test_what_travels_to_actors_carries_no_groups_or_weights(ray_instance: None) -> None:
