@@ -54,4 +54,3 @@ def in_bundle(group: PlacementGroup, index: int = 0) -> dict[str, Any]:
             placement_group_capture_child_tasks=True,
         )
     }
-
