@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from relayrl.cluster.audit import audit_stream
 from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.learner.checkpoint import read_ledger
@@ -113,6 +114,8 @@ def audit(client: redis.Redis, stream: str, out: Path, steps: int) -> None:
     assert not pending & set(acked), "an entry of a committed step is still pending"
     assert set(acked) | pending | undelivered == set(pushed), "a trajectory vanished"
     assert client.xlen(f"{stream}:dead") == 0
+    report = audit_stream(client, stream, out / "checkpoints")
+    assert report.ok and report.awaiting_ack == 0, "\n".join(report.lines())
 
 
 def test_sigkill_worker_and_learner_then_resume(tiny_model_path, redis_server, tmp_path):
