@@ -413,7 +413,11 @@ class RedisStreamBuffer:
         groups = {_text(g["name"]): g for g in self.client.xinfo_groups(self.stream)}
         last = _text(groups[self.group]["last-delivered-id"])
         undelivered = len(self.client.xrange(self.stream, min=f"({last}", max="+"))
-        dead = int(self.client.xlen(self.dead_letter_stream))
+        # The counter, not the trimmed dead-letter stream's length, is the total.
+        counted = self.client.get(self.dead_letter_count_key)
+        if counted is None:  # a stream dead-lettered into before the counter existed
+            counted = self.client.xlen(self.dead_letter_stream)
+        dead = int(counted)
         return BufferStats(
             length=length, pending=pending, undelivered=undelivered, dead_letters=dead
         )
