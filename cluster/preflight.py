@@ -15,6 +15,7 @@ from relayrl.cluster.embedded_redis import RedisUnavailableError, find_redis_ser
 from relayrl.cluster.redis_password import RedisPassword
 from relayrl.config import JobConfig, non_finite_floats, redact_url
 from relayrl.envs.registry import EnvConfigError, validate_env_params
+from relayrl.envs.sandbox.preflight import sandbox_preflight
 from relayrl.errors import JobConfigError
 
 RECONNECT_EVERY_S = 0.5
@@ -155,5 +156,6 @@ def preflight(config: JobConfig) -> None:
     check_placement(config)
     check_output_dir(config)
     check_env(config)
+    sandbox_preflight(config)
     check_custom_loss(config)
     check_buffer(config)

@@ -151,3 +151,14 @@ def test_allow_weaker_runs_and_logs_what_is_missing_once(
 
 def test_a_job_without_a_sandboxed_env_needs_no_sandbox() -> None:
     sandbox_preflight(JobConfig.model_validate({"env": {"name": "arithmetic"}}))
+
+
+@pytest.mark.usefixtures("host_without_cgroups")
+def test_the_job_preflight_refuses_a_weaker_host_before_anything_starts(tmp_path) -> None:
+    from relayrl.cluster.preflight import preflight
+
+    config = JobConfig.model_validate(
+        {"env": {"name": "math-python"}, "output": {"dir": str(tmp_path / "run")}}
+    )
+    with pytest.raises(JobConfigError, match="allow_weaker: true"):
+        preflight(config)
