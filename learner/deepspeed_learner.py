@@ -240,20 +240,24 @@ class DeepSpeedLearner:
         trained = time.perf_counter() - started - waited
         self.version += 1
         self.step += 1
+        publish_started = time.perf_counter()
+        self.publish()
+        publish_s = time.perf_counter() - publish_started
         if self.intake is not None:
+            # Booking the trained batch frees its admission slots: only once the policy that
+            # replaces the one it was sampled from is published, or workers would start the
+            # next batch on the old weights.
             discarded = self.intake.record_step(self.step, entries)
             metrics.update({f"discarded/{reason}": n for reason, n in discarded.items()})
             metrics["discarded/total"] = sum(discarded.values())
             metrics[DROPPED_METRIC] = discarded.get(DROPPED_REASON, 0)
-        publish_started = time.perf_counter()
-        self.publish()
         metrics.update(
             {
                 "step": self.step,
                 "version": self.version,
                 "time/wait_batch_s": waited,
                 "time/train_s": trained,
-                "time/publish_s": time.perf_counter() - publish_started,
+                "time/publish_s": publish_s,
                 **self._push_metrics(),
             }
         )

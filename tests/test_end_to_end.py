@@ -58,6 +58,8 @@ def test_synchronous_steps_train_on_the_previous_version(finished_job) -> None:
         # max_staleness 0: every token of step s was sampled by policy version s - 1.
         assert record["staleness/max"] == 0
         assert record["batch/min_token_version"] == record["step"] - 1
+        # The intake's stale filter would hide over-admission from the two checks above.
+        assert record["discarded/total"] == 0, record
 
 
 def test_workers_generated_with_rising_weight_versions(finished_job) -> None:
