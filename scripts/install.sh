@@ -14,14 +14,15 @@ esac
 PYTHON=${PYTHON:-python3}
 VENV=${RELAYRL_VENV:-.venv}
 
-# bubblewrap confines the code sandbox; installed from Debian when we may.
-if ! command -v bwrap >/dev/null 2>&1; then
+# bubblewrap confines the code sandbox, whose programs run on the system's /usr/bin/python3
+# (readable by the sandbox's unprivileged uid) with its numpy; installed from Debian when we may.
+if ! command -v bwrap >/dev/null 2>&1 || ! /usr/bin/python3 -c "import numpy" >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[install] apt-get install bubblewrap"
+    echo "[install] apt-get install bubblewrap python3-numpy"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap python3-numpy >/dev/null
   else
-    echo "[install] warning: bubblewrap missing; the code sandbox needs: sudo apt-get install -y bubblewrap" >&2
+    echo "[install] warning: the code sandbox needs: sudo apt-get install -y bubblewrap python3-numpy" >&2
   fi
 fi
 
