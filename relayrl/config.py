@@ -258,7 +258,12 @@ class LearnerConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     # Micro-batches are packed up to this many tokens; gradients accumulate across them.
     micro_batch_tokens: int = Field(4096, ge=16)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in backward instead of keeping them: "
+        "about 4x less memory per micro-batch token for one more forward per step "
+        "(measured in BENCHMARKS.md); for long contexts or large micro-batches.",
+    )
     algorithm: AlgorithmConfig = AlgorithmConfig()
     # Seconds the learner waits for one batch before it reports the rollout side stalled.
     batch_timeout_s: float = Field(600.0, gt=0)
