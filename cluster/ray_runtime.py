@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import ray
@@ -78,6 +78,15 @@ def _start_local(num_cpus: int | None, env_vars: dict[str, str]) -> None:
             configure_logging=False,
             namespace=NAMESPACE,
         )
+
+
+def connect_to_job(address: str) -> None:
+    """Join the Ray instance at `address` as a client of the job running there."""
+    # A job's own local instance listens on loopback only: Ray must not swap that address for
+    # the machine's, or the client waits on a port nothing listens on.
+    loopback = address.rpartition(":")[0] == LOOPBACK
+    with _single_node_addresses() if loopback else nullcontext():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
 
 
 @contextmanager

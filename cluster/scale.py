@@ -8,7 +8,7 @@ from pathlib import Path
 import ray
 
 from relayrl.cluster.controller import RAY_ADDRESS_FILE, controller_name
-from relayrl.cluster.ray_runtime import NAMESPACE
+from relayrl.cluster.ray_runtime import connect_to_job
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
 
@@ -25,7 +25,7 @@ def scale_job(config: JobConfig, workers: int) -> int:
             raise JobConfigError(f"no running job in output.dir {config.output_dir}")
         address = address_file.read_text().strip()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+    connect_to_job(address)
     try:
         try:
             controller = ray.get_actor(controller_name(config.name))
