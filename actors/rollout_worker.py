@@ -22,6 +22,7 @@ from relayrl.actors.resuming_engine import ResumingEngine
 from relayrl.actors.vllm_settings import VLLMSettings
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
+from relayrl.envs.base import Env
 from relayrl.envs.registry import resolve_env
 from relayrl.faults import fault_point
 from relayrl.process_memory import process_memory
@@ -29,6 +30,9 @@ from relayrl.trajectory import Trajectory
 from relayrl.weights import WeightSubscriber
 
 log = logging.getLogger(__name__)
+
+# A group whose env setup fails is skipped; this many in a row means the env is broken.
+MAX_SETUP_FAILURES_IN_A_ROW = 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class WorkerStats:
     tool_failures: int = 0  # calls that did not end "ok"
     void_turns: int = 0
     dropped_void_trajectories: int = 0
+    env_failures: int = 0  # groups skipped because the env's code failed to set them up
     generate_s: float = 0.0  # wall time of the groups' episodes, generation and env steps
     busy_s: float = 0.0  # wall time with at least one group in flight
     peak_groups_in_flight: int = 0
@@ -148,6 +153,8 @@ class RolloutWorker:
         self._busy_since = self._idle_since = 0.0
         # Releases of leases granted after a cancel, kept referenced until they finish.
         self._releases: set[asyncio.Future[None]] = set()
+        self._setup_failures_in_a_row = 0
+        self._warned: set[tuple[str, str]] = set()
 
     async def _latest_version(self) -> int | None:
         info = await self.weights.latest_async()
@@ -206,18 +213,59 @@ class RolloutWorker:
         self.stats.weight_syncs += 1
 
     async def _sample_group(self) -> list[Trajectory]:
-        task = self.tasks.sample(self.rng)
-        envs = [self.env_spec.make_env(self.env_params) for _ in range(self.settings.group_size)]
+        """The group's trajectories; none when the env's own code fails to set it up (the
+        group is skipped, its lease returned), which ends the worker only when it keeps
+        failing, so a broken env surfaces with its cause instead of starving the learner."""
+        envs: list[Env] = []
+        try:
+            task = self.tasks.sample(self.rng)
+            for _ in range(self.settings.group_size):
+                envs.append(self.env_spec.make_env(self.env_params))
+        except Exception as error:
+            await self._close(envs)
+            self._setup_failed(error)
+            return []
+        self._setup_failures_in_a_row = 0
         started = time.perf_counter()
         try:
             outcomes = await self.agent.run_group(task, envs)
         finally:
-            await asyncio.gather(*(env.close() for env in envs))
+            await self._close(envs)
         self.stats.generate_s += time.perf_counter() - started
         group_id = uuid.uuid4().hex
         for outcome in outcomes:
             self._count(outcome)
         return [outcome.to_trajectory(group_id, task.to_record()) for outcome in outcomes]
+
+    def _setup_failed(self, error: Exception) -> None:
+        self.stats.env_failures += 1
+        self._setup_failures_in_a_row += 1
+        if self._setup_failures_in_a_row >= MAX_SETUP_FAILURES_IN_A_ROW:
+            raise RuntimeError(
+                f"worker {self.settings.worker_id}: the environment failed to set up "
+                f"{self._setup_failures_in_a_row} groups in a row; last: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        self._warn_once("setting up a group", error)
+
+    async def _close(self, envs: list[Env]) -> None:
+        closed = await asyncio.gather(*(env.close() for env in envs), return_exceptions=True)
+        for result in closed:
+            if isinstance(result, Exception):
+                self._warn_once("closing an environment", result)
+
+    def _warn_once(self, doing: str, error: Exception) -> None:
+        cause = (doing, type(error).__name__)
+        if cause not in self._warned:
+            self._warned.add(cause)
+            log.warning(
+                "worker %s: the environment failed %s (%s: %s); that group is skipped, "
+                "further failures of this kind are counted in env_failures",
+                self.settings.worker_id,
+                doing,
+                type(error).__name__,
+                error,
+            )
 
     def _count(self, outcome: EpisodeOutcome) -> None:
         stats = self.stats
@@ -285,6 +333,8 @@ class RolloutWorker:
         try:
             await self.sync_weights()
             trajectories = await self._sample_group()
+            if not trajectories:
+                return
             # A push under way cannot be stopped (its thread runs on): a cancel waits for it,
             # so the release says truly whether the group reached the buffer.
             pushing = asyncio.ensure_future(asyncio.to_thread(self.producer.push, trajectories))

@@ -113,7 +113,13 @@ def buffer(redis_server):
 
 
 def make_worker(
-    model_path: str, buffer, gate, concurrency: int, max_new_tokens: int, weights=None
+    model_path: str,
+    buffer,
+    gate,
+    concurrency: int,
+    max_new_tokens: int,
+    weights=None,
+    env_name: str = "arithmetic",
 ) -> RolloutWorker:
     settings = WorkerSettings(
         worker_id="worker-0",
@@ -123,7 +129,7 @@ def make_worker(
         torch_threads=1,
         group_size=GROUP_SIZE,
         sampling=SamplingSettings(max_new_tokens=max_new_tokens),
-        env_name="arithmetic",
+        env_name=env_name,
         max_concurrent_groups=concurrency,
     )
     return RolloutWorker(settings, buffer, weights or HeldWeights(), gate)
@@ -206,3 +212,47 @@ def test_the_event_loop_keeps_running_through_a_slow_weight_fetch(tiny_model_pat
     assert weights.fetches == 1 and worker.engine.version == 1 and report["groups"] == 4
     # It kept beating while the fetch was awaited (0.5 s at a 5 ms period).
     assert len(ticks) > 50
+
+
+def test_an_env_that_fails_to_build_or_close_costs_its_group_not_the_worker(
+    tiny_model_path, buffer, caplog
+):
+    gate = LeaseLedger(groups=6, capacity=6)
+    worker = make_worker(
+        tiny_model_path,
+        buffer,
+        gate,
+        1,
+        max_new_tokens=8,
+        env_name="tests.failing_envs:FLAKY_SETUP",
+    )
+    with caplog.at_level(logging.WARNING, logger="relayrl.actors.rollout_worker"):
+        report = asyncio.run(worker.run())
+    # Builds 1, 6 and 11 fail: groups 1, 3 and 5 of six are skipped, the rest are pushed.
+    assert report["env_failures"] == 3 and report["groups"] == 3
+    assert (gate.acquired, gate.released, gate.produced, gate.over_released) == (6, 6, 3, 0)
+    assert buffer.stats().length == 3 * GROUP_SIZE
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("worker-0" in m and "a buggy environment constructor" in m for m in logged)
+    assert any("a buggy close" in m for m in logged)
+
+
+def test_an_env_that_never_builds_ends_the_worker_naming_the_cause(tiny_model_path, buffer):
+    gate = LeaseLedger(groups=100, capacity=100)
+    worker = make_worker(
+        tiny_model_path,
+        buffer,
+        gate,
+        2,
+        max_new_tokens=8,
+        env_name="tests.failing_envs:NEVER_BUILDS",
+    )
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="this environment cannot be built"):
+            await worker.run()
+        await asyncio.wait_for(gate.drained(), timeout=60)
+
+    asyncio.run(scenario())
+    assert gate.acquired > 1 and gate.released == gate.acquired and gate.produced == 0
+    assert buffer.stats().length == 0
