@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PAYLOAD_FIELD = b"traj"
 ID_FIELD = b"id"
+# Beside the payload, so a member that cannot be decoded still names its group.
+GROUP_FIELD = b"group"
 
 # Dead letters kept for inspection; their total lives in a counter, so trimming loses no count.
 DEAD_LETTER_MAXLEN = 10_000
@@ -142,6 +144,8 @@ class RedisStreamBuffer:
         self._redis: redis.Redis | None = None
         # A consumer first re-reads what it was given before a restart, then new entries.
         self._replay_cursor: str | None = "0"
+        # Groups with a member dead-lettered since the consumer last asked.
+        self._broken_groups: set[str] = set()
 
     @property
     def dead_letter_stream(self) -> str:
@@ -232,7 +236,11 @@ class RedisStreamBuffer:
         """Append a group atomically (MULTI/EXEC): a producer that dies mid-push leaves all
         of it or none of it, never a group the learner would wait on forever."""
         payloads = [
-            {ID_FIELD: trajectory.id.encode(), PAYLOAD_FIELD: encode(trajectory)}
+            {
+                ID_FIELD: trajectory.id.encode(),
+                GROUP_FIELD: trajectory.group_id.encode(),
+                PAYLOAD_FIELD: encode(trajectory),
+            }
             for trajectory in trajectories
         ]
 
@@ -275,22 +283,31 @@ class RedisStreamBuffer:
             if not fields:
                 self.dead_letter(entry_id, "entry was trimmed or deleted before it was acked")
                 continue
-            payload = fields.get(PAYLOAD_FIELD)
-            if payload is None:
-                self.dead_letter(entry_id, f"no {PAYLOAD_FIELD.decode()!r} field")
-                continue
-            if len(payload) > self.max_payload_bytes:
-                self.dead_letter(
-                    entry_id, f"payload of {len(payload)} bytes over {self.max_payload_bytes}"
-                )
-                continue
-            try:
-                trajectory = decode(payload)
-            except TrajectoryDecodeError as exc:
-                self.dead_letter(entry_id, str(exc))
+            problem, trajectory = self._decode_fields(fields)
+            if trajectory is None:
+                self.dead_letter(entry_id, problem)
+                if GROUP_FIELD in fields:
+                    self._broken_groups.add(_text(fields[GROUP_FIELD]))
                 continue
             entries.append(BufferEntry(entry_id, trajectory))
         return entries
+
+    def _decode_fields(self, fields: dict[bytes, bytes]) -> tuple[str, Trajectory | None]:
+        """The entry's trajectory, or why there is none."""
+        payload = fields.get(PAYLOAD_FIELD)
+        if payload is None:
+            return f"no {PAYLOAD_FIELD.decode()!r} field", None
+        if len(payload) > self.max_payload_bytes:
+            return f"payload of {len(payload)} bytes over {self.max_payload_bytes}", None
+        try:
+            return "", decode(payload)
+        except TrajectoryDecodeError as exc:
+            return str(exc), None
+
+    def take_broken_groups(self) -> set[str]:
+        """Groups a member of which was dead-lettered while reading, since the last call."""
+        broken, self._broken_groups = self._broken_groups, set()
+        return broken
 
     def read(self, max_count: int, block_ms: int) -> list[BufferEntry]:
         def replay_own_pending() -> None:

@@ -200,6 +200,7 @@ class BatchIntake:
                 self._held[entry_id] = trajectory_id
                 self._held_trajectories.add(trajectory_id)
                 fresh.append(entry)
+        broken |= self.consumer.take_broken_groups()
         self._broken_groups |= broken
         orphans = [e for e in fresh if e.trajectory.group_id in self._broken_groups]
         self.assembler.add(e for e in fresh if e.trajectory.group_id not in self._broken_groups)

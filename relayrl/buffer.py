@@ -50,6 +50,11 @@ class TrajectoryConsumer(Protocol):
         when it was no longer pending."""
         ...
 
+    def take_broken_groups(self) -> set[str]:
+        """Groups a member of which `read` dead-lettered since the last call: they can never
+        be complete."""
+        ...
+
     def claim_abandoned(self, min_idle_ms: int) -> int:
         """Take over entries another (dead) consumer was given and never acknowledged;
         they are read again like this consumer's own. Returns how many."""

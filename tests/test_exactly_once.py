@@ -16,7 +16,13 @@ import redis
 from relayrl import faults
 from relayrl.cli import main as cli_main
 from relayrl.cluster.audit import audit_stream
-from relayrl.cluster.redis_buffer import PAYLOAD_FIELD, RedisStreamBuffer, write_buffer_location
+from relayrl.cluster.redis_buffer import (
+    GROUP_FIELD,
+    ID_FIELD,
+    PAYLOAD_FIELD,
+    RedisStreamBuffer,
+    write_buffer_location,
+)
 from relayrl.learner import checkpoint
 from relayrl.learner.intake import IN_FLIGHT_FILE, MAX_STEP_ATTEMPTS, BatchIntake
 from relayrl.trajectory import Trajectory, encode
@@ -236,6 +242,30 @@ def test_token_ids_outside_the_vocabulary_are_dead_lettered(redis_server, tmp_pa
     ]
     # p2's group can never be complete: discarded, so it neither waits forever nor keeps an
     # admission slot.
+    assert intake.record_step(1, batch) == {"incomplete_group": 1}
+    assert buffer.backlog() == 0
+    commit(intake, tmp_path, 1)
+    assert_invariant(
+        redis_server.url,
+        tmp_path,
+        trained=2,
+        dead_lettered=1,
+        pending=0,
+        discarded={"incomplete_group": 1},
+    )
+
+
+def test_a_member_that_cannot_be_decoded_still_breaks_its_group(redis_server, tmp_path):
+    buffer, intake, _ = make(redis_server.url, tmp_path)
+    buffer.push([traj("p", "p1")])
+    # A payload nothing can decode, under the fields a producer writes.
+    client_of(redis_server.url).xadd(
+        STREAM, {ID_FIELD: b"p2", GROUP_FIELD: b"p", PAYLOAD_FIELD: b"\xc1 not msgpack"}
+    )
+    buffer.push(group("a"))
+    batch = intake.next_batch(0)
+    assert [e.trajectory.id for e in batch] == ["a1", "a2"]
+    # p1's partner is gone: p1 is discarded rather than pending for ever.
     assert intake.record_step(1, batch) == {"incomplete_group": 1}
     assert buffer.backlog() == 0
     commit(intake, tmp_path, 1)
