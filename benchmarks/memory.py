@@ -29,30 +29,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from relayrl.process_memory import proc_field_bytes, pss_bytes, rss_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 TRL_VENV = ROOT / ".cache" / "bench-venv-trl"
 TORCH_PIN = "torch==2.13.0"
 TRL_PIN = "trl==1.16.0"
 GB = 1 << 30
-
-
-def _kb_field(path: str, field: str) -> int | None:
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def pss_bytes(pid: int) -> int | None:
-    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss")
-
-
-def rss_bytes(pid: int) -> int | None:
-    return _kb_field(f"/proc/{pid}/status", "VmRSS")
 
 
 def descendants(root: int) -> list[int]:
@@ -148,7 +131,7 @@ def _phase(name: str, rows: list[dict[str, float]], started: float) -> None:
             "phase": name,
             "rss_gb": (rss_bytes(me) or 0) / GB,
             "pss_gb": (pss_bytes(me) or 0) / GB,
-            "peak_rss_gb": (_kb_field(f"/proc/{me}/status", "VmHWM") or 0) / GB,
+            "peak_rss_gb": (proc_field_bytes(f"/proc/{me}/status", "VmHWM") or 0) / GB,
             "s": time.perf_counter() - started,
         }
     )

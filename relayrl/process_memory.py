@@ -14,15 +14,29 @@ from pathlib import Path
 GB = 1 << 30
 
 
-def _kb_field(path: str, field: str) -> float | None:
+def proc_field_bytes(path: str, field: str) -> int | None:
+    """A "Field:  N kB" line of a /proc file, in bytes; None when it cannot be read."""
     try:
         text = Path(path).read_text()
     except OSError:
         return None
     for line in text.splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / GB
+            return int(line.split()[1]) * 1024
     return None
+
+
+def pss_bytes(pid: int) -> int | None:
+    return proc_field_bytes(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def rss_bytes(pid: int) -> int | None:
+    return proc_field_bytes(f"/proc/{pid}/status", "VmRSS")
+
+
+def _kb_field(path: str, field: str) -> float | None:
+    found = proc_field_bytes(path, field)
+    return None if found is None else found / GB
 
 
 def peak_rss_gb() -> float:
