@@ -34,14 +34,20 @@ def private_ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _listening_addresses(root: psutil.Process) -> dict[str, set[str]]:
-    """Listening TCP addresses of `root` and its descendants, by process name."""
+def _listening_sockets(root: psutil.Process) -> set[tuple[int, str, int]]:
+    """(pid, ip, port) of every listening TCP socket of `root` and its descendants."""
     pids = {root.pid} | {child.pid for child in root.children(recursive=True)}
+    return {
+        (conn.pid, conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    }
+
+
+def _by_process_name(sockets: set[tuple[int, str, int]]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
-    for conn in psutil.net_connections(kind="inet"):
-        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
-            name = psutil.Process(conn.pid).name()
-            found.setdefault(name, set()).add(conn.laddr.ip)
+    for pid, ip, _ in sockets:
+        found.setdefault(psutil.Process(pid).name(), set()).add(ip)
     return found
 
 
@@ -49,6 +55,8 @@ def test_local_run_ignores_a_stale_cluster_file_and_binds_loopback(
     private_ray_tmp: Path,
 ) -> None:
     assert not ray.is_initialized()
+    # What this test process listened on before (an earlier test's torch TCPStore, say).
+    before = _listening_sockets(psutil.Process())
     with ray_session(1) as started:
         assert started
         gcs = ray.get_runtime_context().gcs_address
@@ -61,7 +69,7 @@ def test_local_run_ignores_a_stale_cluster_file_and_binds_loopback(
             return ray.util.get_node_ip_address()
 
         assert ray.get(node_address.remote(), timeout=120) == "127.0.0.1"
-        listening = _listening_addresses(psutil.Process())
+        listening = _by_process_name(_listening_sockets(psutil.Process()) - before)
         assert "gcs_server" in listening and "raylet" in listening
         exposed = {
             name: ips
