@@ -12,6 +12,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Where the install promises vLLM (CI sets RELAYRL_REQUIRE_VLLM), a broken vLLM must fail
+    the run, not turn every vLLM test into a skip."""
+    if os.environ.get("RELAYRL_REQUIRE_VLLM") != "1":
+        return
+    try:
+        import vllm  # noqa: F401
+    except Exception as error:
+        message = f"RELAYRL_REQUIRE_VLLM=1 but vllm does not import: {error!r}"
+        raise pytest.UsageError(message) from error
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
