@@ -229,30 +229,30 @@ def test_groups_from_a_lost_timeline_are_discarded_with_a_reason(redis_server, t
     assert_invariant(redis_server.url, tmp_path, trained=2, discarded={"lost_timeline": 2})
 
 
+def train_beside_a_broken_group(buffer, intake, url: str, root: Path) -> None:
+    """Group "p" has one member dead-lettered and one sound: train on group "a" pushed next,
+    and check that the sound member of "p" is discarded (it can never be complete, so it must
+    neither wait for ever nor keep an admission slot) and everything is accounted."""
+    buffer.push(group("a"))
+    batch = intake.next_batch(0)
+    assert [e.trajectory.id for e in batch] == ["a1", "a2"]
+    assert intake.record_step(1, batch) == {"incomplete_group": 1}
+    assert buffer.backlog() == 0
+    commit(intake, root, 1)
+    assert_invariant(
+        url, root, trained=2, dead_lettered=1, pending=0, discarded={"incomplete_group": 1}
+    )
+
+
 def test_token_ids_outside_the_vocabulary_are_dead_lettered(redis_server, tmp_path):
     buffer, intake, _ = make(redis_server.url, tmp_path, vocab_size=10)
     poison = [traj("p", "p1", tokens=[1, 2, 99, 3]), traj("p", "p2")]
     buffer.push(poison)
-    buffer.push(group("a"))
-    batch = intake.next_batch(0)
-    assert [e.trajectory.id for e in batch] == ["a1", "a2"]
+    train_beside_a_broken_group(buffer, intake, redis_server.url, tmp_path)
     dead = client_of(redis_server.url).xrange(buffer.dead_letter_stream)
     assert [f[b"reason"] for _, f in dead] == [
         b"token ids span [1, 99], outside the vocabulary of 10"
     ]
-    # p2's group can never be complete: discarded, so it neither waits forever nor keeps an
-    # admission slot.
-    assert intake.record_step(1, batch) == {"incomplete_group": 1}
-    assert buffer.backlog() == 0
-    commit(intake, tmp_path, 1)
-    assert_invariant(
-        redis_server.url,
-        tmp_path,
-        trained=2,
-        dead_lettered=1,
-        pending=0,
-        discarded={"incomplete_group": 1},
-    )
 
 
 def test_a_member_that_cannot_be_decoded_still_breaks_its_group(redis_server, tmp_path):
@@ -262,21 +262,7 @@ def test_a_member_that_cannot_be_decoded_still_breaks_its_group(redis_server, tm
     client_of(redis_server.url).xadd(
         STREAM, {ID_FIELD: b"p2", GROUP_FIELD: b"p", PAYLOAD_FIELD: b"\xc1 not msgpack"}
     )
-    buffer.push(group("a"))
-    batch = intake.next_batch(0)
-    assert [e.trajectory.id for e in batch] == ["a1", "a2"]
-    # p1's partner is gone: p1 is discarded rather than pending for ever.
-    assert intake.record_step(1, batch) == {"incomplete_group": 1}
-    assert buffer.backlog() == 0
-    commit(intake, tmp_path, 1)
-    assert_invariant(
-        redis_server.url,
-        tmp_path,
-        trained=2,
-        dead_lettered=1,
-        pending=0,
-        discarded={"incomplete_group": 1},
-    )
+    train_beside_a_broken_group(buffer, intake, redis_server.url, tmp_path)
 
 
 def test_a_batch_that_keeps_crashing_the_step_is_quarantined(redis_server, tmp_path):

@@ -17,11 +17,11 @@ import pytest
 import ray
 import torch
 
-from relayrl.actors.engine import SamplingSettings
-from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout, WorkerSettings
+from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout
 from relayrl.cluster.nccl_weights import NcclPushWeights, kill_engine_worker
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weight_store import EngineMember, WeightStore
+from tests.worker_settings import tiny_worker_settings
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
 
@@ -183,17 +183,7 @@ def test_what_travels_to_actors_carries_no_groups_or_weights(ray_instance: None)
 
 
 def _worker(model_path: str, weights: NcclPushWeights, wait_s: float) -> RolloutWorker:
-    settings = WorkerSettings(
-        worker_id="w0",
-        model_path=model_path,
-        engine="transformers",
-        dtype="float32",
-        torch_threads=1,
-        group_size=2,
-        sampling=SamplingSettings(max_new_tokens=4),
-        env_name="arithmetic",
-        weight_wait_s=wait_s,
-    )
+    settings = tiny_worker_settings(model_path, weight_wait_s=wait_s)
     return RolloutWorker(settings, producer=None, weights=weights, gate=None)  # type: ignore[arg-type]
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from relayrl.actors.engine import SamplingSettings
-from relayrl.actors.rollout_worker import RolloutWorker, WorkerSettings
+from relayrl.actors.rollout_worker import RolloutWorker
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.weights import WeightVersion
+from tests.worker_settings import tiny_worker_settings
 
 GROUP_SIZE = 4
 
@@ -121,14 +121,11 @@ def make_worker(
     weights=None,
     env_name: str = "arithmetic",
 ) -> RolloutWorker:
-    settings = WorkerSettings(
-        worker_id="worker-0",
-        model_path=model_path,
-        engine="transformers",
-        dtype="float32",
-        torch_threads=1,
-        group_size=GROUP_SIZE,
-        sampling=SamplingSettings(max_new_tokens=max_new_tokens),
+    settings = tiny_worker_settings(
+        model_path,
+        "worker-0",
+        GROUP_SIZE,
+        max_new_tokens,
         env_name=env_name,
         max_concurrent_groups=concurrency,
     )
