@@ -13,11 +13,11 @@ import pytest
 import ray
 from ray.exceptions import RayActorError
 
-from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.rollout_worker import WorkerSettings
 from relayrl.cluster.controller import RolloutController
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.rollout_fleet import RolloutFleet
+from tests.worker_settings import tiny_worker_settings
 
 pytestmark = pytest.mark.slow
 
@@ -64,16 +64,7 @@ class RefusingGate:
 
 def fleet(model_path: str, weights: RegistrationLog, budget: int) -> RolloutFleet:
     def settings(worker_id: str) -> WorkerSettings:
-        return WorkerSettings(
-            worker_id=worker_id,
-            model_path=model_path,
-            engine="transformers",
-            dtype="float32",
-            torch_threads=1,
-            group_size=2,
-            sampling=SamplingSettings(max_new_tokens=4),
-            env_name="arithmetic",
-        )
+        return tiny_worker_settings(model_path, worker_id)
 
     controller = RolloutController.remote(4, 0, EmptyBacklog(), desired_workers=1)
     return RolloutFleet(
@@ -93,7 +84,8 @@ def test_an_engine_is_registered_only_after_its_worker_started(
     workers = fleet(tiny_model_path, weights, budget=0)
     worker_id = workers.add()
     assert weights.attached == [], "registered while its engine was still being built"
-    ray.get(workers.handle(worker_id).__ray_ready__.remote(), timeout=120)
+    # The fleet's own readiness ref: another ref to the same actor may resolve first.
+    ray.get(workers._members[worker_id].ready_ref, timeout=120)
     workers._attach_ready()
     assert weights.attached == [worker_id]
     workers._attach_ready()
