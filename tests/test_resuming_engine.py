@@ -18,16 +18,23 @@ def logprobs_under(model, tokens: list[int], start: int) -> torch.Tensor:
     return token_logprobs(logits, torch.tensor([tokens]), 1.0)[0, start:]
 
 
+def perturbed(model_path: str, seed: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The model with every weight moved a little (embeddings still tied), and its state."""
+    state = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
+    torch.manual_seed(seed)
+    state = {k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model.load_state_dict(state)
+    return model, state
+
+
 def test_interrupted_samples_continue_under_the_new_weights(tiny_model_path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     # No stop token, so only the interruption or the budget can end a sample.
     inner = TransformersEngine(TransformersSettings(tiny_model_path), eos_token_ids=())
     old = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    torch.manual_seed(0)
-    new_state = {k: v + 0.05 * torch.randn_like(v) for k, v in old.state_dict().items()}
-    new_state["lm_head.weight"] = new_state["model.embed_tokens.weight"]
-    new = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    new.load_state_dict(new_state)
+    new, new_state = perturbed(tiny_model_path, seed=0)
 
     published = {"version": 0}
     updates = []
@@ -83,11 +90,7 @@ def test_concurrent_calls_in_one_batch_all_resume_under_one_load(tiny_model_path
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     inner = TransformersEngine(TransformersSettings(tiny_model_path), eos_token_ids=())
     old = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    torch.manual_seed(1)
-    new_state = {k: v + 0.05 * torch.randn_like(v) for k, v in old.state_dict().items()}
-    new_state["lm_head.weight"] = new_state["model.embed_tokens.weight"]
-    new = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-    new.load_state_dict(new_state)
+    new, new_state = perturbed(tiny_model_path, seed=1)
     published = {"version": 0}
     updates = []
     started = asyncio.Event()
