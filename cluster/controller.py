@@ -72,10 +72,16 @@ class RolloutController:
         self._changed = asyncio.Condition()
         self._desired_workers = desired_workers
 
-    async def _refresh(self) -> None:
+    async def _read_backlog(self) -> None:
         self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
+
+    async def _wake_waiters(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    async def _refresh(self) -> None:
+        await self._read_backlog()
+        await self._wake_waiters()
 
     async def acquire(self, worker_id: str, count: int, timeout_s: float) -> int | None:
         """Returns the policy version once admitted, -1 on timeout, None when stopping."""
@@ -96,9 +102,9 @@ class RolloutController:
 
     async def release(self, worker_id: str, count: int, produced: bool) -> None:
         # Read the backlog first: a pushed group must be counted before its slots are freed.
-        self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
+        await self._read_backlog()
         self._state.finish(worker_id, count)
-        await self._refresh()
+        await self._wake_waiters()
 
     async def set_version(self, version: int) -> None:
         self._state.version = version
@@ -109,9 +115,9 @@ class RolloutController:
         await self._refresh()
 
     async def forget_worker(self, worker_id: str) -> int:
-        self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
+        await self._read_backlog()
         lost = self._state.forget_worker(worker_id)
-        await self._refresh()
+        await self._wake_waiters()
         return lost
 
     async def stop(self) -> None:
