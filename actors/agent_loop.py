@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from relayrl.actors.chat_format import ObservationFormatter, prompt_token_ids
 from relayrl.actors.engine import Completion, Engine, SamplingSettings
 from relayrl.actors.episode import EpisodeBuilder
+from relayrl.chat_format import ObservationFormatter, prompt_token_ids
 from relayrl.envs.base import Env, Message, StepResult, Task
 from relayrl.trajectory import Trajectory
 

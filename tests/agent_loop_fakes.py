@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from relayrl.actors.chat_format import prompt_token_ids
 from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
+from relayrl.chat_format import prompt_token_ids
 from relayrl.envs.base import Message, StepResult, Task
 from relayrl.envs.tool_calls import CallFormat
 from relayrl.envs.tool_env import ToolEnv

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from relayrl.actors.chat_format import ObservationFormatter
+from relayrl.chat_format import ObservationFormatter
 
 # Qwen2.5-style: tool messages are wrapped in <tool_response> inside a user turn.
 QWEN_LIKE = (

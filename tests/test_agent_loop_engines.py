@@ -13,9 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from relayrl.actors.agent_loop import AgentLoop, AgentSettings
-from relayrl.actors.chat_format import prompt_token_ids
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
+from relayrl.chat_format import prompt_token_ids
 from relayrl.envs.base import Task
 from relayrl.envs.tool_calls import HermesFormat
 from relayrl.learner.algorithms.logprobs import token_logprobs

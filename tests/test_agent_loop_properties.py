@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from relayrl.actors.agent_loop import AgentLoop, AgentSettings
-from relayrl.actors.chat_format import prompt_token_ids
 from relayrl.actors.engine import SamplingSettings
+from relayrl.chat_format import prompt_token_ids
 from relayrl.envs.base import Task
 from relayrl.envs.tool_calls import CodeBlockFormat, HermesFormat
 from tests.agent_loop_fakes import (

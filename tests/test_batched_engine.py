@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from relayrl.actors.chat_format import prompt_token_ids
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
+from relayrl.chat_format import prompt_token_ids
 from relayrl.learner.algorithms.logprobs import token_logprobs
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}

@@ -16,8 +16,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from relayrl.actors.agent_loop import AgentLoop, AgentSettings
-from relayrl.actors.chat_format import ObservationFormatter
 from relayrl.actors.engine import SamplingSettings
+from relayrl.chat_format import ObservationFormatter
 from relayrl.envs.base import Message, StepResult, Task
 from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.trajectory import decode, encode

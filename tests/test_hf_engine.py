@@ -5,9 +5,9 @@ import asyncio
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from relayrl.actors.chat_format import prompt_token_ids
 from relayrl.actors.engine import Engine, SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
+from relayrl.chat_format import prompt_token_ids
 from relayrl.learner.algorithms.logprobs import token_logprobs
 
 

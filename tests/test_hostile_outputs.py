@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from relayrl.actors.agent_loop import AgentLoop, AgentSettings, EpisodeEnd
-from relayrl.actors.chat_format import valid_text
 from relayrl.actors.engine import Completion, SamplingSettings
+from relayrl.chat_format import valid_text
 from relayrl.envs.arith_expr import ExpressionError, evaluate_text
 from relayrl.envs.arithmetic import last_integer, parse_answer
 from relayrl.envs.base import Env, StepResult, Task

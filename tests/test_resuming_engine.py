@@ -5,10 +5,10 @@ import asyncio
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from relayrl.actors.chat_format import prompt_token_ids
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.actors.resuming_engine import ResumingEngine
+from relayrl.chat_format import prompt_token_ids
 from relayrl.learner.algorithms.logprobs import token_logprobs
 
 

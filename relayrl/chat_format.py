@@ -1,4 +1,5 @@
-"""Chat-template token ids: the prompt, and the environment's messages between turns.
+"""Chat-template token ids: the prompt, and the environment's messages between turns. It sits
+in the spine because the agent loop (rollout) and SFT (learner) must frame turns the same way.
 
 The observation frame (what the template writes after an assistant turn, around the next
 message, and before the next assistant turn) is found by rendering the template once around
