@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -16,11 +17,18 @@ from pydantic import (
 )
 
 from relayrl.algorithm_config import AlgorithmConfig
+from relayrl.autoscale_config import AutoscaleConfig
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 # A thread count, or "auto": the whole cores Ray reserves for the actor.
 TorchThreads = Annotated[int, Field(ge=1)] | Literal["auto"]
+Dtype = Literal["float32", "bfloat16"]
+
+
+def thread_count(setting: int | Literal["auto"], cpus: float) -> int:
+    """Threads for an actor with `cpus` Ray CPUs; auto: one per whole core, at least one."""
+    return max(1, math.floor(cpus)) if setting == "auto" else setting
 
 
 class Section(BaseModel):
@@ -64,28 +72,43 @@ def redact_url(url: str) -> str:
 
 
 class ModelConfig(Section):
-    # A Hugging Face folder, or a built-in name such as "smollm2-135m".
-    path: str = "smollm2-135m"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    path: str = Field(
+        "smollm2-135m",
+        description='A Hugging Face model folder, or a built-in name such as "smollm2-135m".',
+    )
+    dtype: Dtype = Field(
+        "float32", description="Weights and compute dtype of the learner and the engines."
+    )
 
 
 class SamplingConfig(Section):
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens one turn may sample.")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature; the learner scores log-probs at the same one.",
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
 
 
 class AgentConfig(Section):
     """The multi-turn agent loop; single-turn environments end after their first step."""
 
-    max_turns: int = Field(4, ge=1)
-    # Prompt, turns and observations together; no turn may take an episode past it.
-    max_total_tokens: int = Field(2048, ge=2)
-    # SimpleTIR: an episode with a turn that neither calls a tool nor answers is masked
-    # from the loss (it stays in its group, so group baselines still see it).
-    drop_void_trajectories: bool = False
-    # The chat role that carries environment messages (tool results, feedback).
-    observation_role: Literal["user", "tool"] = "user"
+    max_turns: int = Field(4, ge=1, description="Most model turns of one episode.")
+    max_total_tokens: int = Field(
+        2048,
+        ge=2,
+        description="Prompt, turns and observations together; no turn may take an episode past it.",
+    )
+    drop_void_trajectories: bool = Field(
+        False,
+        description="SimpleTIR: an episode with a turn that neither calls a tool nor answers "
+        "is masked from the loss (it stays in its group, so group baselines still see it).",
+    )
+    observation_role: Literal["user", "tool"] = Field(
+        "user",
+        description="The chat role that carries environment messages (tool results, feedback).",
+    )
     max_observation_chars: int = Field(
         8192,
         ge=64,
@@ -102,27 +125,56 @@ class AgentConfig(Section):
 class VLLMConfig(Section):
     """The vLLM engine of each rollout worker (`rollout.engine: vllm`)."""
 
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int | None = Field(None, ge=16)
-    # CPU build only: KV-cache size per engine.
-    cpu_kv_cache_gib: float = Field(1.0, gt=0)
-    # Weights are staged (shared memory) or broadcast (NCCL) in buckets of this size.
-    weight_bucket_mib: int = Field(256, ge=1)
-    # Bound on every weight-sync call (pause, load, rendezvous, broadcast, resume).
-    weight_sync_timeout_s: float = Field(600.0, gt=0)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards over.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of each GPU's memory the engine may take."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="The engine's context length; none: the model's own."
+    )
+    cpu_kv_cache_gib: float = Field(
+        1.0, gt=0, description="CPU build only: KV-cache size per engine, in GiB."
+    )
+    weight_bucket_mib: int = Field(
+        256,
+        ge=1,
+        description="Weights are staged (shared memory) or broadcast (NCCL) in buckets of "
+        "this many MiB.",
+    )
+    weight_sync_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Bound on every weight-sync call (pause, load, rendezvous, broadcast, resume).",
+    )
+
+    @property
+    def cpu_kv_cache_bytes(self) -> int:
+        return int(self.cpu_kv_cache_gib * (1 << 30))
+
+    @property
+    def weight_bucket_bytes(self) -> int:
+        return self.weight_bucket_mib << 20
 
 
 class RolloutConfig(Section):
-    engine: Literal["transformers", "vllm"] = "transformers"
-    vllm: VLLMConfig = VLLMConfig()
-    num_workers: int = Field(2, ge=1)
-    group_size: int = Field(8, ge=1)
-    sampling: SamplingConfig = SamplingConfig()
-    agent: AgentConfig = AgentConfig()
-    cpus_per_worker: float = Field(0.5, gt=0)
-    # GPUs Ray reserves for each worker; a vLLM worker needs tensor_parallel_size of them.
-    gpus_per_worker: float = Field(0, ge=0)
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Each worker's inference engine: transformers (CPU, batched) or vllm.",
+    )
+    vllm: VLLMConfig = Field(VLLMConfig(), description="The vLLM engine (engine: vllm).")
+    num_workers: int = Field(2, ge=1, description="Rollout workers at start.")
+    group_size: int = Field(
+        8, ge=1, description="Episodes per task; advantages compare them within the group."
+    )
+    sampling: SamplingConfig = Field(SamplingConfig(), description="How turns are sampled.")
+    agent: AgentConfig = Field(AgentConfig(), description="The multi-turn agent loop.")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs Ray reserves for each worker.")
+    gpus_per_worker: float = Field(
+        0,
+        ge=0,
+        description="GPUs Ray reserves for each worker; a vLLM worker needs "
+        "vllm.tensor_parallel_size of them.",
+    )
     torch_threads: TorchThreads = Field(
         "auto",
         description="Threads of each worker's engine; auto: the whole cores of cpus_per_worker "
@@ -134,21 +186,42 @@ class RolloutConfig(Section):
         "engine samples all their sequences in one forward. auto: trainer.prompts_per_step, "
         "enough for one worker to fill a learner batch at once.",
     )
-    # When new weights are published mid-generation: "finish" lets in-flight samples end on
-    # the old weights; "interrupt" stops them at the next token and continues on the new ones.
-    weight_update: Literal["finish", "interrupt"] = "finish"
-    # How published weights reach the workers: each worker pulls them from Ray's object
-    # store ("object_store", CPU or GPU), or learner rank 0 broadcasts them into every vLLM
-    # engine over NCCL ("nccl", GPU learner and GPU vLLM workers).
-    weight_transport: Literal["object_store", "nccl"] = "object_store"
-    # Restarts Ray grants a crashed worker before the job reports it dead.
-    max_worker_restarts: int = Field(3, ge=0)
+    weight_update: Literal["finish", "interrupt"] = Field(
+        "finish",
+        description="When new weights are published mid-generation: finish lets in-flight "
+        "samples end on the old weights; interrupt stops them at the next token and continues "
+        "on the new ones.",
+    )
+    weight_transport: Literal["object_store", "nccl"] = Field(
+        "object_store",
+        description="How published weights reach the workers: each worker pulls them from "
+        "Ray's object store (object_store, CPU or GPU), or learner rank 0 broadcasts them into "
+        "every vLLM engine over NCCL (nccl, GPU learner and GPU vLLM workers).",
+    )
+    max_worker_restarts: int = Field(
+        3, ge=0, description="Restarts of crashed workers before the job reports them dead."
+    )
+
+    @property
+    def torch_thread_count(self) -> int:
+        return thread_count(self.torch_threads, self.cpus_per_worker)
+
+    autoscale: AutoscaleConfig | None = Field(
+        None,
+        description="Size the fleet between min_workers and max_workers by what the learner "
+        "uses (num_workers is where it starts); none keeps num_workers, changed only by "
+        "`relayrl scale`.",
+    )
 
 
 class EnvConfig(Section):
-    # A registered environment name or "package.module:Class".
-    name: str = "arithmetic"
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        "arithmetic", description='A registered environment name or "package.module:Class".'
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The environment's own parameters, checked by its parameter model.",
+    )
 
 
 class BufferConfig(Section):
@@ -176,14 +249,28 @@ class BufferConfig(Section):
         description="How long the start-up check waits for buffer.url to answer before "
         "the job refuses to start; a Redis lost mid-run is ridden out separately",
     )
-    stream: str | None = None  # defaults to "relayrl:<job name>:trajectories"
-    # Safety bound on the stream length; admission control keeps the backlog far below it.
-    maxlen: int = Field(1_000_000, ge=1000)
-    read_block_ms: int = Field(1000, ge=1)
-    # Embedded Redis: "always" fsyncs every write, so a crash loses nothing acknowledged.
-    fsync: Literal["always", "everysec"] = "always"
-    # Drop acknowledged entries from the stream; off keeps the full history for auditing.
-    trim_acknowledged: bool = True
+    stream: str | None = Field(
+        None, description='The Redis stream; none: "relayrl:<job name>:trajectories".'
+    )
+    maxlen: int = Field(
+        1_000_000,
+        ge=1000,
+        description="Safety bound on the stream length; admission control keeps the backlog "
+        "far below it.",
+    )
+    read_block_ms: int = Field(
+        1000, ge=1, description="How long one learner read blocks on an empty stream."
+    )
+    fsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="Embedded Redis: always fsyncs every write, so a crash loses nothing "
+        "acknowledged.",
+    )
+    trim_acknowledged: bool = Field(
+        True,
+        description="Drop acknowledged entries from the stream; off keeps the full history "
+        "for auditing.",
+    )
     memory_budget_mb: int = Field(
         512,
         ge=1,
@@ -241,53 +328,89 @@ class BufferConfig(Section):
 
 
 class LearnerConfig(Section):
-    num_ranks: int = Field(1, ge=1)
-    cpus_per_rank: float = Field(1.0, gt=0)
-    # 0 trains on CPU (gloo); 1 gives each rank a GPU (NCCL).
-    gpus_per_rank: Literal[0, 1] = 0
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel ranks.")
+    cpus_per_rank: float = Field(1.0, gt=0, description="CPUs Ray reserves for each rank.")
+    gpus_per_rank: Literal[0, 1] = Field(
+        0, description="0 trains on CPU (gloo); 1 gives each rank a GPU (NCCL)."
+    )
     torch_threads: TorchThreads = Field(
         "auto",
         description="Threads of each learner rank; auto: the whole cores of cpus_per_rank "
         "(at least one).",
     )
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    # Micro-batches are packed up to this many tokens; gradients accumulate across them.
-    micro_batch_tokens: int = Field(4096, ge=16)
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage of the policy, the critic and the reference."
+    )
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(
+        0, ge=0, description="Optimizer steps of linear learning-rate warm-up."
+    )
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping bound.")
+    micro_batch_tokens: int = Field(
+        4096,
+        ge=16,
+        description="Micro-batches are packed up to this many tokens; gradients accumulate "
+        "across them.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute each layer's activations in backward instead of keeping them: "
         "about 4x less memory per micro-batch token for one more forward per step "
         "(measured in BENCHMARKS.md); for long contexts or large micro-batches.",
     )
-    algorithm: AlgorithmConfig = AlgorithmConfig()
-    # Seconds the learner waits for one batch before it reports the rollout side stalled.
-    batch_timeout_s: float = Field(600.0, gt=0)
+    algorithm: AlgorithmConfig = Field(
+        AlgorithmConfig(), description="Advantage estimator, loss, critic and regularizers."
+    )
+    batch_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds the learner waits for one batch before it reports the rollout "
+        "side stalled.",
+    )
+
+    @property
+    def torch_thread_count(self) -> int:
+        return thread_count(self.torch_threads, self.cpus_per_rank)
 
 
 class TrainerConfig(Section):
-    steps: int = Field(20, ge=1)
-    prompts_per_step: int = Field(4, ge=1)
-    # 0 is on-policy synchronous; k lets generation run at most k policy versions ahead.
-    max_staleness: int = Field(0, ge=0)
-    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
-    keep_checkpoints: int = Field(2, ge=1)
-    seed: int = 0
+    steps: int = Field(20, ge=1, description="Learner steps of the job.")
+    prompts_per_step: int = Field(
+        4, ge=1, description="Groups per learner step (each of rollout.group_size episodes)."
+    )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="0 is on-policy synchronous; k lets generation run at most k policy "
+        "versions ahead, and older groups are discarded.",
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="Steps between checkpoints; 0: only at the end."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
+    seed: int = Field(0, description="Seed of the learner, the workers' tasks and sampling.")
+
+    def rollout_seed(self, start_step: int) -> int:
+        """The workers' seed in a job that starts at `start_step`: a resumed job draws new
+        tasks instead of replaying the ones it drew before the crash."""
+        return self.seed + 7919 * start_step
 
 
 class RayConfig(Section):
-    # Used when RAY_ADDRESS is unset and no cluster is given: start a local instance.
-    num_cpus: int | None = Field(None, ge=1)
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs of a local Ray instance (RAY_ADDRESS unset); none: enough for "
+        "every actor the job asks for.",
+    )
 
 
 class OutputConfig(Section):
-    dir: str = "runs/{name}"
-    tensorboard: bool = True
-    plot: bool = True
+    dir: str = Field("runs/{name}", description="The job's folder; {name} is the job name.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files.")
+    plot: bool = Field(True, description="Plot the reward curve at the end.")
 
     @field_validator("dir")
     @classmethod
@@ -302,15 +425,19 @@ class OutputConfig(Section):
 
 
 class JobConfig(Section):
-    name: str = Field("relayrl-job", pattern=r"^[A-Za-z0-9_.-]+$")
-    model: ModelConfig = ModelConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    env: EnvConfig = EnvConfig()
-    buffer: BufferConfig = BufferConfig()
-    learner: LearnerConfig = LearnerConfig()
-    trainer: TrainerConfig = TrainerConfig()
-    ray: RayConfig = RayConfig()
-    output: OutputConfig = OutputConfig()
+    name: str = Field(
+        "relayrl-job",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The job's name: its output folder, stream and controller are named by it.",
+    )
+    model: ModelConfig = Field(ModelConfig(), description="The policy model.")
+    rollout: RolloutConfig = Field(RolloutConfig(), description="The rollout workers.")
+    env: EnvConfig = Field(EnvConfig(), description="The environment episodes run in.")
+    buffer: BufferConfig = Field(BufferConfig(), description="The Redis trajectory stream.")
+    learner: LearnerConfig = Field(LearnerConfig(), description="The DeepSpeed learner.")
+    trainer: TrainerConfig = Field(TrainerConfig(), description="The training loop.")
+    ray: RayConfig = Field(RayConfig(), description="The Ray cluster.")
+    output: OutputConfig = Field(OutputConfig(), description="What the job writes.")
 
     @model_validator(mode="after")
     def _buffer_holds_the_backlog(self) -> JobConfig:
@@ -375,3 +502,27 @@ class JobConfig(Section):
     @property
     def output_dir(self) -> str:
         return self.output.dir.format(name=self.name)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+    @property
+    def concurrent_groups(self) -> int:
+        """Groups one worker plays at once; auto: enough to fill a learner batch alone."""
+        groups = self.rollout.max_concurrent_groups
+        return self.trainer.prompts_per_step if groups == "auto" else groups
+
+    @property
+    def weight_wait_s(self) -> float:
+        """How long a worker waits for a pushed version: one learner step plus the push."""
+        return self.learner.batch_timeout_s + self.rollout.vllm.weight_sync_timeout_s
+
+    @property
+    def local_cpus(self) -> int:
+        """Logical CPUs for a local Ray instance: enough to place every actor we ask for."""
+        wanted = (
+            self.learner.num_ranks * self.learner.cpus_per_rank
+            + self.rollout.num_workers * self.rollout.cpus_per_worker
+        )
+        return self.ray.num_cpus or max(2, int(wanted + 0.999) + 1)
