@@ -18,6 +18,7 @@ from pydantic import (
 
 from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.autoscale_config import AutoscaleConfig
+from relayrl.sft_config import SftConfig
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -391,6 +392,9 @@ class TrainerConfig(Section):
     )
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
     seed: int = Field(0, description="Seed of the learner, the workers' tasks and sampling.")
+    sft: SftConfig | None = Field(
+        None, description="Supervised fine-tuning on demonstrations before RL."
+    )
 
     def rollout_seed(self, start_step: int) -> int:
         """The workers' seed in a job that starts at `start_step`: a resumed job draws new
