@@ -7,8 +7,8 @@ An episode ends when the environment says so, at the turn cap, or at the token c
 
 An environment that fails (an exception from `reset` or `step`, or a step result that is not
 one: a non-finite reward, an observation that is not text) ends only its own episode, with
-the outcome "error" and the cause recorded; the episode stays in its group, masked from the
-loss. Engine failures are not caught: they are the worker's, and take it down."""
+the end `EpisodeEnd.ERROR` and the cause recorded; the episode stays in its group, masked
+from the loss. Engine failures are not caught: they are the worker's, and take it down."""
 
 from __future__ import annotations
 
@@ -18,85 +18,59 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from relayrl.actors.engine import Completion, Engine, SamplingSettings
-from relayrl.actors.episode import EpisodeBuilder
+from relayrl.actors.episode import EpisodeBuilder, EpisodeOutcome
+from relayrl.actors.workflow import WorkflowContext
 from relayrl.chat_format import ObservationFormatter, prompt_token_ids
+from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Env, Message, StepResult, Task
-from relayrl.trajectory import Trajectory
+from relayrl.trajectory import EpisodeEnd
 
 log = logging.getLogger(__name__)
 
-# stop/length/abort: how the last turn's generation ended; max_turns: the turn cap; void_turn: a
-# turn neither called a tool nor answered, and such episodes are dropped from the loss; error:
-# the environment failed, and the episode is dropped from the loss.
-EpisodeEnd = Literal["stop", "length", "abort", "max_turns", "void_turn", "error"]
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    max_turns: int = 4
-    # Prompt, turns and observations together; no turn may take the episode past it.
-    max_total_tokens: int = 2048
-    # SimpleTIR: an episode with a void turn stays in its group but is masked from the loss.
-    drop_void_trajectories: bool = False
-    # The chat role environment messages (tool results, feedback) are rendered with.
-    observation_role: str = "user"
-    # Caps on every observation (tool output, feedback) before it reaches the engine.
-    max_observation_chars: int = 8192
-    max_observation_tokens: int = 1024
-
-
-@dataclass
-class EpisodeOutcome:
-    episode: EpisodeBuilder
-    finish_reason: EpisodeEnd
-    generate_s: float
-    env_s: float
-
-    @property
-    def dropped(self) -> bool:
-        return self.finish_reason == "void_turn"
-
-    @property
-    def failed(self) -> bool:
-        return self.finish_reason == "error"
-
-    def to_trajectory(self, group_id: str, task_record: dict[str, Any]) -> Trajectory:
-        return self.episode.to_trajectory(
-            group_id,
-            task_record,
-            self.finish_reason,
-            {"generate_s": self.generate_s, "env_s": self.env_s},
-            train=not (self.dropped or self.failed),
-        )
-
 
 class AgentLoop:
+    """The built-in rollout workflow (`rollout.workflow`'s default)."""
+
     def __init__(
         self,
         engine: Engine,
         tokenizer: Any,
-        sampling: SamplingSettings,
-        settings: AgentSettings,
+        sampling: SamplingConfig,
+        agent: AgentConfig,
         stop_strings: tuple[str, ...] = (),
         worker_id: str = "",
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
-        self.settings = settings
+        self.agent = agent
         self.worker_id = worker_id
-        merged = tuple(dict.fromkeys((*sampling.stop_strings, *stop_strings)))
-        self.sampling = dataclasses.replace(sampling, stop_strings=merged)
+        self.sampling = SamplingSettings(
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop_strings=tuple(dict.fromkeys(stop_strings)),
+        )
         self.formatter = ObservationFormatter(
             tokenizer,
-            settings.observation_role,
-            settings.max_observation_chars,
-            settings.max_observation_tokens,
+            agent.observation_role,
+            agent.max_observation_chars,
+            agent.max_observation_tokens,
         )
         self._logged_causes: set[str] = set()
+
+    @classmethod
+    def from_context(cls, context: WorkflowContext) -> AgentLoop:
+        return cls(
+            context.engine,
+            context.tokenizer,
+            context.sampling,
+            context.agent,
+            stop_strings=context.stop_strings,
+            worker_id=context.worker_id,
+        )
 
     def _sampling(self, budget: int) -> SamplingSettings:
         limit = min(self.sampling.max_new_tokens, budget)
@@ -133,11 +107,11 @@ class AgentLoop:
         except Exception as exc:  # messages from the env that the chat template cannot render
             cause = type(exc).__name__
             return self._failed_group(task, len(envs), cause, f"prompt: {cause}: {exc}")
-        budget = self.settings.max_total_tokens - len(prompt_ids)
+        budget = self.agent.max_total_tokens - len(prompt_ids)
         if budget < 1:
             detail = (
                 f"its prompt has {len(prompt_ids)} tokens, as many as "
-                f"rollout.agent.max_total_tokens ({self.settings.max_total_tokens})"
+                f"rollout.agent.max_total_tokens ({self.agent.max_total_tokens})"
             )
             return self._failed_group(task, len(envs), "prompt_too_long", detail)
         started = time.perf_counter()
@@ -158,12 +132,12 @@ class AgentLoop:
         task whose own messages cannot be rendered is the task source's bug, and raises)."""
         self._log_error(task, cause, detail)
         prompt_ids = prompt_token_ids(self.tokenizer, task.messages)
-        prompt_ids = prompt_ids[: self.settings.max_total_tokens]
+        prompt_ids = prompt_ids[: self.agent.max_total_tokens]
         outcomes = []
         for _ in range(size):
             episode = EpisodeBuilder(prompt_ids)
             episode.end_in_error(cause, None, 0.0)
-            outcomes.append(EpisodeOutcome(episode, "error", 0.0, 0.0))
+            outcomes.append(EpisodeOutcome(episode, EpisodeEnd.ERROR, 0.0, 0.0))
         return outcomes
 
     async def _step(self, env: Env, text: str) -> StepResult | tuple[str, str]:
@@ -186,8 +160,9 @@ class AgentLoop:
         env_s = 0.0
 
         def outcome(end: EpisodeEnd) -> EpisodeOutcome:
-            if end != "error" and self.settings.drop_void_trajectories and episode.void_turns:
-                end = "void_turn"
+            void = self.agent.drop_void_trajectories and episode.void_turns
+            if end != EpisodeEnd.ERROR and void:
+                end = EpisodeEnd.VOID_TURN
             return EpisodeOutcome(episode, end, generate_s, env_s)
 
         while True:
@@ -201,17 +176,17 @@ class AgentLoop:
                 cause, detail = result
                 self._log_error(task, cause, detail)
                 episode.end_in_error(cause, span, duration)
-                return outcome("error")
+                return outcome(EpisodeEnd.ERROR)
             episode.record_turn(span, result, duration)
             if result.done or result.observation is None:
                 return outcome(completion.finish_reason)
-            if len(episode.turns) >= self.settings.max_turns:
-                return outcome("max_turns")
+            if len(episode.turns) >= self.agent.max_turns:
+                return outcome(EpisodeEnd.MAX_TURNS)
             last_sampled = completion.token_ids[-1] if completion.token_ids else None
             observation = self.formatter.token_ids(result.observation, last_sampled)
-            budget = self.settings.max_total_tokens - len(episode) - len(observation)
+            budget = self.agent.max_total_tokens - len(episode) - len(observation)
             if budget < 1:
-                return outcome("length")
+                return outcome(EpisodeEnd.LENGTH)
             episode.add_observation(observation)
             started = time.perf_counter()
             [completion] = await self.engine.generate(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-FinishReason = Literal["stop", "length", "abort"]
+from relayrl.trajectory import EpisodeEnd
+
+# How one generation call can end; the agent loop's other EpisodeEnd values are its own.
+GENERATION_ENDS = frozenset({EpisodeEnd.STOP, EpisodeEnd.LENGTH, EpisodeEnd.ABORT})
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,13 @@ class Completion:
 
     token_ids: list[int]
     logprobs: list[float]
-    finish_reason: FinishReason
+    finish_reason: EpisodeEnd
     versions: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.finish_reason = EpisodeEnd(self.finish_reason)
+        if self.finish_reason not in GENERATION_ENDS:
+            raise ValueError(f"a generation cannot end with {self.finish_reason!r}")
 
 
 @runtime_checkable

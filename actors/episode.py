@@ -1,19 +1,22 @@
-"""One episode's token record as it grows turn by turn, and the Trajectory it becomes."""
+"""One episode's token record as it grows turn by turn, how it ended, and the Trajectory it
+becomes. A rollout workflow (the built-in agent loop or a user's own) builds its episodes with
+these, so every one is token-faithful: sampled ids go in exactly as the engine returned them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from relayrl.actors.engine import Completion
 from relayrl.envs.base import StepResult
-from relayrl.trajectory import NO_VERSION, Trajectory, Turn
+from relayrl.trajectory import NO_VERSION, EpisodeEnd, Trajectory, Turn
 
 
 class EpisodeBuilder:
     """Prompt ids, then each turn's sampled ids (loss mask 1, with their log-probs and
-    versions) and each observation's ids (loss mask 0, log-prob 0, version -1)."""
+    versions) and each observation's ids (loss mask 0, log-prob 0, version NO_VERSION)."""
 
     def __init__(self, prompt_ids: list[int]) -> None:
         self.prompt_len = len(prompt_ids)
@@ -74,18 +77,17 @@ class EpisodeBuilder:
         self,
         group_id: str,
         task_record: dict[str, Any],
-        finish_reason: str,
+        finish_reason: EpisodeEnd,
         timings: dict[str, float],
-        train: bool = True,
     ) -> Trajectory:
-        """`train=False` keeps the episode in its group (for the baseline) but masks every
-        token from the loss."""
+        """A masked end (void turn, error) keeps the episode in its group, for the baseline,
+        with every token masked from the loss."""
         loss_mask = np.asarray(self.loss_mask, dtype=np.uint8)
         return Trajectory(
             group_id=group_id,
             tokens=np.asarray(self.tokens, dtype=np.int32),
             prompt_len=self.prompt_len,
-            loss_mask=loss_mask if train else np.zeros_like(loss_mask),
+            loss_mask=np.zeros_like(loss_mask) if finish_reason.masked else loss_mask,
             logprobs=np.asarray(self.logprobs, dtype=np.float32),
             versions=np.asarray(self.versions, dtype=np.int32),
             reward=self.reward,
@@ -95,4 +97,27 @@ class EpisodeBuilder:
             finish_reason=finish_reason,
             timings=timings,
             error=self.error,
+        )
+
+
+@dataclass
+class EpisodeOutcome:
+    """A finished episode, as a rollout workflow hands it to the worker."""
+
+    episode: EpisodeBuilder
+    finish_reason: EpisodeEnd
+    generate_s: float
+    env_s: float
+
+    @property
+    def masked(self) -> bool:
+        """Kept in its group but trains no token (a void turn or an environment error)."""
+        return self.finish_reason.masked
+
+    def to_trajectory(self, group_id: str, task_record: dict[str, Any]) -> Trajectory:
+        return self.episode.to_trajectory(
+            group_id,
+            task_record,
+            self.finish_reason,
+            {"generate_s": self.generate_s, "env_s": self.env_s},
         )

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
+from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.stop_strings import StopStrings
+from relayrl.trajectory import EpisodeEnd
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -263,10 +264,12 @@ class TransformersEngine:
         admitted: list[_Request],
     ) -> None:
         for request in aborted:
-            request.settle([Completion([], [], "abort", []) for _ in range(request.n)], None)
+            request.settle(
+                [Completion([], [], EpisodeEnd.ABORT, []) for _ in range(request.n)], None
+            )
         if interrupted:
             for row in self._rows:
-                self._finish(row, "abort")
+                self._finish(row, EpisodeEnd.ABORT)
             self._retain([])
             self._deliver_complete()
         if load is not None:
@@ -388,9 +391,9 @@ class TransformersEngine:
             if token in request.stop_ids or (
                 stop_strings is not None and stop_strings.matched(row.tokens)
             ):
-                self._finish(row, "stop")
+                self._finish(row, EpisodeEnd.STOP)
             elif len(row.tokens) >= request.settings.max_new_tokens:
-                self._finish(row, "length")
+                self._finish(row, EpisodeEnd.LENGTH)
             else:
                 keep.append(i)
         fed = tokens[keep].unsqueeze(1)
@@ -424,7 +427,7 @@ class TransformersEngine:
         self._rows = [self._rows[i] for i in keep]
         self._mask, self._logits = mask, self._logits[index]
 
-    def _finish(self, row: _Row, reason: FinishReason) -> None:
+    def _finish(self, row: _Row, reason: EpisodeEnd) -> None:
         request = row.request
         request.completions[row.index] = Completion(
             token_ids=row.tokens,

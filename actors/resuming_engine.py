@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from relayrl.actors.engine import Completion, Engine, SamplingSettings
+from relayrl.trajectory import EpisodeEnd
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ class ResumingEngine:
     async def _resume(
         self, prompt_ids: list[int], settings: SamplingSettings, completion: Completion
     ) -> Completion:
-        while completion.finish_reason == "abort":
+        while completion.finish_reason == EpisodeEnd.ABORT:
             async with self._update_lock:
                 await self._update()
             remaining = settings.max_new_tokens - len(completion.token_ids)
             if remaining < 1:
-                return dataclasses.replace(completion, finish_reason="length")
+                return dataclasses.replace(completion, finish_reason=EpisodeEnd.LENGTH)
             resume = dataclasses.replace(settings, max_new_tokens=remaining)
             [tail] = await self._generate_watched(prompt_ids + completion.token_ids, resume, 1)
             completion = merge(completion, tail)

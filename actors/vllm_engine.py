@@ -21,12 +21,13 @@ from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
+from relayrl.actors.engine import GENERATION_ENDS, Completion, SamplingSettings
 from relayrl.actors.vllm_settings import VLLMSettings
 from relayrl.actors.vllm_weight_sync.shm_buckets import StagedWeights
+from relayrl.trajectory import EpisodeEnd
 
 WORKER_EXTENSION = "relayrl.actors.vllm_weight_sync.worker_extension.WeightReloadExtension"
-_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+_FINISH_REASONS: dict[str, EpisodeEnd] = {end.value: end for end in GENERATION_ENDS}
 _T = TypeVar("_T")
 
 

@@ -44,6 +44,21 @@ def check_env(config: JobConfig) -> None:
         raise JobConfigError(f"env.params.{found[0]}: NaN and infinity are not allowed")
 
 
+def check_workflow(config: JobConfig) -> None:
+    """The rollout workflow imports and has the protocol's methods (workers build it later)."""
+    from relayrl.actors.workflow import WorkflowTargetError, resolve_workflow
+
+    target = config.rollout.workflow
+    try:
+        resolve_workflow(target)
+    except WorkflowTargetError as exc:
+        raise JobConfigError(_flat(exc)) from None
+    except Exception as exc:  # importing a user's module runs their code: any failure is theirs
+        raise JobConfigError(
+            f"rollout.workflow {target!r}: importing it failed ({_one_line(exc)})"
+        ) from None
+
+
 def check_custom_loss(config: JobConfig) -> None:
     """Builds the loss the learner will build: importable, accepts its params, is a loss."""
     loss = config.learner.algorithm.loss
@@ -156,6 +171,7 @@ def preflight(config: JobConfig) -> None:
     check_placement(config)
     check_output_dir(config)
     check_env(config)
+    check_workflow(config)
     sandbox_preflight(config)
     check_custom_loss(config)
     check_buffer(config)

@@ -169,6 +169,12 @@ class RolloutConfig(Section):
     )
     sampling: SamplingConfig = Field(SamplingConfig(), description="How turns are sampled.")
     agent: AgentConfig = Field(AgentConfig(), description="The multi-turn agent loop.")
+    workflow: str = Field(
+        "relayrl.actors.agent_loop:AgentLoop",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="The rollout workflow that plays each group, as package.module:Class (a "
+        "relayrl.actors.workflow.RolloutWorkflow); the default is the built-in agent loop.",
+    )
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs Ray reserves for each worker.")
     gpus_per_worker: float = Field(
         0,

@@ -10,13 +10,33 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import msgpack
 import numpy as np
 
 SCHEMA_VERSION = 1
+# In `versions`, the entry of every token no policy sampled (prompt, observations).
 NO_VERSION = -1
+
+
+class EpisodeEnd(StrEnum):
+    """How an episode ended; on the wire as its value, so payloads of every age decode.
+    The first three are also how one generation call ends (`Completion.finish_reason`)."""
+
+    STOP = "stop"  # the last turn ended at a stop token or string, or the env said done
+    LENGTH = "length"  # the token cap (a turn's or the episode's) cut it short
+    ABORT = "abort"  # the engine aborted the last turn's request
+    MAX_TURNS = "max_turns"  # the turn cap
+    VOID_TURN = "void_turn"  # a turn neither called a tool nor answered: masked from the loss
+    ERROR = "error"  # the environment failed (cause in `Trajectory.error`): masked from the loss
+
+    @property
+    def masked(self) -> bool:
+        """Kept in its group (for the baseline) but trains no token."""
+        return self in (EpisodeEnd.VOID_TURN, EpisodeEnd.ERROR)
+
 
 _ARRAY_DTYPES: dict[str, np.dtype] = {
     "tokens": np.dtype("<i4"),
@@ -66,9 +86,9 @@ class Trajectory:
     reward_channels: dict[str, float] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     turns: list[Turn] = field(default_factory=list)
-    finish_reason: str = "stop"
+    finish_reason: EpisodeEnd = EpisodeEnd.STOP
     timings: dict[str, float] = field(default_factory=dict)
-    # finish_reason "error": what failed (an exception's class name, or a short typed cause).
+    # finish_reason ERROR: what failed (an exception's class name, or a short typed cause).
     error: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -77,6 +97,7 @@ class Trajectory:
         self.loss_mask = np.ascontiguousarray(self.loss_mask, dtype=_ARRAY_DTYPES["loss_mask"])
         self.logprobs = np.ascontiguousarray(self.logprobs, dtype=_ARRAY_DTYPES["logprobs"])
         self.versions = np.ascontiguousarray(self.versions, dtype=_ARRAY_DTYPES["versions"])
+        self.finish_reason = _episode_end(self.finish_reason)
         _check_consistent(self)
 
     @property
@@ -85,6 +106,17 @@ class Trajectory:
 
     def sampled_versions(self) -> np.ndarray:
         return self.versions[self.loss_mask.astype(bool)]
+
+    def staleness(self, version: int) -> np.ndarray:
+        """How many versions before policy `version` each sampled token was generated."""
+        return version - self.sampled_versions()
+
+
+def _episode_end(value: Any) -> EpisodeEnd:
+    try:
+        return EpisodeEnd(value)
+    except ValueError:
+        raise TrajectoryDecodeError(f"finish_reason {value!r} is no EpisodeEnd") from None
 
 
 def _check_consistent(traj: Trajectory) -> None:
@@ -115,7 +147,7 @@ def encode(traj: Trajectory) -> bytes:
         "reward": float(traj.reward),
         "reward_channels": {k: float(v) for k, v in traj.reward_channels.items()},
         "turns": [turn.to_wire() for turn in traj.turns],
-        "finish_reason": traj.finish_reason,
+        "finish_reason": traj.finish_reason.value,
         "timings": {k: float(v) for k, v in traj.timings.items()},
         "error": traj.error,
         **{name: getattr(traj, name).tobytes() for name in _ARRAY_DTYPES},
@@ -139,7 +171,9 @@ def _check_wire_values(traj: Trajectory) -> None:
     if traj.loss_mask.size and traj.loss_mask.max() > 1:
         raise TrajectoryDecodeError("loss_mask holds values other than 0 and 1")
     if traj.versions.size and traj.versions.min() < NO_VERSION:
-        raise TrajectoryDecodeError(f"policy version {int(traj.versions.min())} below -1")
+        raise TrajectoryDecodeError(
+            f"policy version {int(traj.versions.min())} below NO_VERSION ({NO_VERSION})"
+        )
 
 
 def _field(payload: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:

@@ -11,19 +11,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from relayrl.actors.engine import Completion, FinishReason, SamplingSettings
+from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.chat_format import prompt_token_ids
 from relayrl.envs.base import Message, StepResult, Task
 from relayrl.envs.tool_calls import CallFormat
 from relayrl.envs.tool_env import ToolEnv
 from relayrl.envs.tools import ToolResult
-from relayrl.trajectory import NO_VERSION, Trajectory
+from relayrl.trajectory import NO_VERSION, EpisodeEnd, Trajectory
 
 
 @dataclass(frozen=True)
 class ScriptedTurn:
     token_ids: tuple[int, ...]
-    finish_reason: FinishReason
+    finish_reason: EpisodeEnd
 
 
 @dataclass
