@@ -1,28 +1,35 @@
-"""A PNG of the reward curve from metrics.jsonl."""
+"""Charts from metrics.jsonl: the reward curve as a PNG, and the drawing the run report
+(relayrl/report.py) shares."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from relayrl.metrics import read_metrics
 
 
-def plot_rewards(metrics_path: Path, out_path: Path, title: str) -> Path:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend: drivers run without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics_path) if "reward/mean" in r]
-    steps = [r["step"] for r in records]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    channels = sorted(
-        {k for r in records for k in r if k.startswith("reward/") and k != "reward/std"}
-    )
-    for key in channels:
+    return plt
+
+
+def reward_keys(records: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in records for k in r if k.startswith("reward/") and k != "reward/std"})
+
+
+def draw_rewards(ax: Any, xs: list[float], records: list[dict[str, Any]]) -> None:
+    """Every reward channel, reward/mean bold, plus a rolling mean once there are points
+    enough to smooth."""
+    for key in reward_keys(records):
         values = [r.get(key, float("nan")) for r in records]
         style = {"linewidth": 2.0} if key == "reward/mean" else {"linewidth": 1.0, "alpha": 0.6}
-        ax.plot(steps, values, label=key.removeprefix("reward/"), **style)
+        ax.plot(xs, values, label=key.removeprefix("reward/"), **style)
     if len(records) >= 4:
         window = max(2, len(records) // 5)
         means = [r["reward/mean"] for r in records]
@@ -30,9 +37,16 @@ def plot_rewards(metrics_path: Path, out_path: Path, title: str) -> Path:
             sum(means[max(0, i - window + 1) : i + 1]) / len(means[max(0, i - window + 1) : i + 1])
             for i in range(len(means))
         ]
-        ax.plot(steps, smooth, "k--", linewidth=1.5, label=f"mean, rolling {window}")
-    ax.set_xlabel("learner step")
+        ax.plot(xs, smooth, "k--", linewidth=1.5, label=f"mean, rolling {window}")
     ax.set_ylabel("reward")
+
+
+def plot_rewards(metrics_path: Path, out_path: Path, title: str) -> Path:
+    plt = pyplot()
+    records = [r for r in read_metrics(metrics_path) if "reward/mean" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    draw_rewards(ax, [r["step"] for r in records], records)
+    ax.set_xlabel("learner step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
