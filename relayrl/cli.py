@@ -9,6 +9,7 @@ import signal
 import sys
 from types import FrameType
 
+from relayrl.cli_eval import add_eval_command
 from relayrl.config_loader import ConfigError, load_config
 from relayrl.errors import JobConfigError
 from relayrl.models import ModelNotFoundError
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(handler=_sandbox)
+    add_eval_command(commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from pydantic import (
 
 from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.autoscale_config import AutoscaleConfig
+from relayrl.eval_config import EvalConfig
 from relayrl.sft_config import SftConfig
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -448,6 +449,9 @@ class JobConfig(Section):
     trainer: TrainerConfig = Field(TrainerConfig(), description="The training loop.")
     ray: RayConfig = Field(RayConfig(), description="The Ray cluster.")
     output: OutputConfig = Field(OutputConfig(), description="What the job writes.")
+    eval: EvalConfig | None = Field(
+        None, description="Held-out evaluation on the rollout workers; none: no evaluation."
+    )
 
     @model_validator(mode="after")
     def _buffer_holds_the_backlog(self) -> JobConfig:
