@@ -65,12 +65,10 @@ class RolloutController:
         max_staleness: int,
         backlog: BacklogSource,
         version: int = 0,
-        desired_workers: int = 1,
     ):
         self._state = AdmissionState(batch_size, max_staleness, version)
         self._backlog = backlog
         self._changed = asyncio.Condition()
-        self._desired_workers = desired_workers
 
     async def _read_backlog(self) -> None:
         self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
@@ -125,17 +123,6 @@ class RolloutController:
         async with self._changed:
             self._changed.notify_all()
 
-    def set_desired_workers(self, count: int) -> int:
-        """Ask the driver to grow or shrink the rollout fleet (it applies this on its next
-        supervision tick); returns the previous target."""
-        if count < 1:
-            raise ValueError(f"a job needs at least one rollout worker, got {count}")
-        previous, self._desired_workers = self._desired_workers, count
-        return previous
-
-    def desired_workers(self) -> int:
-        return self._desired_workers
-
     def snapshot(self) -> dict[str, Any]:
         state = self._state
         return {
@@ -143,7 +130,6 @@ class RolloutController:
             "backlog": state.backlog,
             "running": state.running,
             "capacity": state.capacity(),
-            "desired_workers": self._desired_workers,
         }
 
 
@@ -173,11 +159,3 @@ class ControllerGate:
 
     async def release(self, worker_id: str, count: int, produced: bool) -> None:
         await self._handle.release.remote(worker_id, count, produced)
-
-
-# In a job's output folder: the Ray address `relayrl scale` uses to reach its controller.
-RAY_ADDRESS_FILE = "ray_address"
-
-
-def controller_name(job_name: str) -> str:
-    return f"controller:{job_name}"

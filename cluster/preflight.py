@@ -166,6 +166,21 @@ def check_buffer(config: JobConfig) -> None:
         client.close()
 
 
+def check_local_gpus(config: JobConfig, available: float) -> None:
+    """Run once Ray is up: a local Ray instance never grows, and asking it for GPUs it lacks
+    would wait forever."""
+    wanted = (
+        config.learner.num_ranks * config.learner.gpus_per_rank
+        + config.rollout.num_workers * config.rollout.gpus_per_worker
+    )
+    if wanted > available:
+        raise JobConfigError(
+            f"the job asks for {wanted:g} GPUs (learner.gpus_per_rank x learner.num_ranks + "
+            f"rollout.gpus_per_worker x rollout.num_workers) and this machine's Ray has "
+            f"{available:g}; set RAY_ADDRESS to a cluster with GPUs or drop the GPU settings"
+        )
+
+
 def preflight(config: JobConfig) -> None:
     """Every check that needs neither Ray nor a GPU; cheapest first."""
     check_placement(config)

@@ -13,11 +13,10 @@ import pytest
 import ray
 from ray.exceptions import RayActorError
 
-from relayrl.actors.rollout_worker import WorkerSettings
 from relayrl.cluster.controller import RolloutController
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.rollout_fleet import RolloutFleet
-from tests.worker_settings import tiny_worker_settings
+from tests.worker_settings import tiny_worker_config
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +62,12 @@ class RefusingGate:
 
 
 def fleet(model_path: str, weights: RegistrationLog, budget: int) -> RolloutFleet:
-    def settings(worker_id: str) -> WorkerSettings:
-        return tiny_worker_settings(model_path, worker_id)
-
-    controller = RolloutController.remote(4, 0, EmptyBacklog(), desired_workers=1)
+    config = tiny_worker_config(
+        fields={"rollout.cpus_per_worker": 0.5, "rollout.max_worker_restarts": budget}
+    )
+    controller = RolloutController.remote(4, 0, EmptyBacklog())
     return RolloutFleet(
-        settings, None, weights, RefusingGate(), controller,  # type: ignore[arg-type]
-        cpus_per_worker=0.5, restart_budget=budget,
+        config, model_path, 0, None, weights, RefusingGate(), controller,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
