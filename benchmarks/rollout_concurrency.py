@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from relayrl.actors.engine import SamplingSettings
-from relayrl.actors.rollout_worker import RolloutWorker, WorkerSettings
+from relayrl.actors.rollout_worker import RolloutWorker
 from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
+from relayrl.config import JobConfig
 from relayrl.models import resolve_model
 from relayrl.weights import WeightVersion
 
@@ -68,18 +68,22 @@ class NoNewWeights:
 def run_once(
     model: str, buffer: RedisStreamBuffer, concurrency: int, args: argparse.Namespace
 ) -> dict[str, float]:
-    settings = WorkerSettings(
-        worker_id=f"bench-{concurrency}",
-        model_path=model,
-        engine="transformers",
-        dtype=args.dtype,
-        torch_threads=args.threads,
-        group_size=args.group_size,
-        sampling=SamplingSettings(max_new_tokens=args.max_new_tokens),
-        env_name="arithmetic",
-        max_concurrent_groups=concurrency,
+    config = JobConfig.model_validate(
+        {
+            "model": {"dtype": args.dtype},
+            "rollout": {
+                "engine": "transformers",
+                "torch_threads": args.threads,
+                "group_size": args.group_size,
+                "sampling": {"max_new_tokens": args.max_new_tokens},
+                "max_concurrent_groups": concurrency,
+            },
+            "env": {"name": "arithmetic"},
+        }
     )
-    worker = RolloutWorker(settings, buffer, NoNewWeights(), FixedGate(args.groups))
+    worker = RolloutWorker(
+        config, f"bench-{concurrency}", model, 0, buffer, NoNewWeights(), FixedGate(args.groups)
+    )
     report = asyncio.run(worker.run())
     engine = worker.engine
     asyncio.run(engine.close())

@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.vllm_engine import VLLMEngine
-from relayrl.actors.vllm_settings import VLLMSettings
 from relayrl.actors.vllm_weight_sync.shm_buckets import StagedWeights
+from relayrl.config import VLLMConfig
 from relayrl.tiny_model import build_tiny_model
 
 BENCHMARKS_FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -116,7 +116,7 @@ def memcpy_gbps(num_bytes: int) -> float:
 
 
 def start_engine(directory: Path) -> VLLMEngine:
-    return VLLMEngine(VLLMSettings(model=str(directory), dtype="float32", max_model_len=1024))
+    return VLLMEngine(VLLMConfig(max_model_len=1024), str(directory), "float32", seed=0)
 
 
 async def measure_weight_sync(shape: Shape) -> SyncResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import replace
 from typing import Any
 
 import ray
@@ -14,7 +13,8 @@ from ray.util.placement_group import remove_placement_group
 from relayrl.admission import SampleRefill
 from relayrl.buffer import TrajectoryConsumer
 from relayrl.cluster.placement import in_bundle, learner_placement
-from relayrl.learner.deepspeed_learner import DeepSpeedLearner, LearnerSettings
+from relayrl.config import JobConfig
+from relayrl.learner.deepspeed_learner import DeepSpeedLearner
 from relayrl.weights import WeightPublisher
 
 
@@ -36,29 +36,33 @@ class LearnerGroup:
 
     def __init__(
         self,
-        settings: LearnerSettings,
+        config: JobConfig,
+        model_path: str,
         consumer: TrajectoryConsumer,
         publisher: WeightPublisher,
         refill: SampleRefill,
-        cpus_per_rank: float,
         call_timeout_s: float,
-        gpus_per_rank: int = 0,
     ) -> None:
         self.call_timeout_s = call_timeout_s
+        learner = config.learner
         # All ranks are placed together or not at all: a partial group would hang in setup.
         self.placement = learner_placement(
-            settings.world_size, cpus_per_rank, gpus_per_rank, call_timeout_s
+            learner.num_ranks, learner.cpus_per_rank, learner.gpus_per_rank, call_timeout_s
         )
         self.ranks = [
             LearnerActor.options(
-                num_cpus=cpus_per_rank, num_gpus=gpus_per_rank, **in_bundle(self.placement, rank)
+                num_cpus=learner.cpus_per_rank,
+                num_gpus=learner.gpus_per_rank,
+                **in_bundle(self.placement, rank),
             ).remote(
-                replace(settings, rank=rank),
+                config,
+                model_path,
+                rank,
                 consumer if rank == 0 else None,
-                publisher if rank == 0 else None,
+                publisher,  # every rank gathers alike for it; only rank 0 publishes
                 refill if rank == 0 else None,
             )
-            for rank in range(settings.world_size)
+            for rank in range(learner.num_ranks)
         ]
         addr, port = ray.get(self.ranks[0].rendezvous_address.remote(), timeout=call_timeout_s)
         self.setup_info = self._all("setup", addr, port)

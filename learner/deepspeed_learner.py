@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ import torch
 import torch.distributed as dist
 
 from relayrl.admission import SampleRefill
-from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
-from relayrl.faults import fault_point
+from relayrl.config import JobConfig
 from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
 from relayrl.learner.batch_metrics import batch_metrics
@@ -30,12 +28,14 @@ from relayrl.learner.engines import training_engine
 from relayrl.learner.full_state import full_state_dict
 from relayrl.learner.group_filter import DROPPED_METRIC, DROPPED_REASON, ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
+from relayrl.learner.publishing import PolicyPublishing
 from relayrl.learner.memory_metrics import learner_memory_metrics
 from relayrl.learner.micro_batches import rank_micro_batches
 from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.reference import ReferenceModel
 from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES, Scorer, score_batch
+from relayrl.learner.sft import SftTrainer
 from relayrl.learner.update import PolicyUpdate
 from relayrl.learner.value_model import ValueModel
 from relayrl.trajectory import Trajectory, decode, encode
@@ -77,68 +77,49 @@ def collective_timeout(batch_timeout_s: float) -> timedelta:
     return timedelta(seconds=batch_timeout_s + COLLECTIVE_SLACK_S)
 
 
-@dataclass(frozen=True)
-class LearnerSettings:
-    rank: int
-    world_size: int
-    model_path: str
-    dtype: str
-    zero_stage: int
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    warmup_steps: int
-    grad_clip: float
-    micro_batch_tokens: int
-    gradient_checkpointing: bool
-    torch_threads: int
-    group_size: int
-    prompts_per_step: int
-    temperature: float
-    algorithm: AlgorithmConfig
-    checkpoint_dir: str
-    keep_checkpoints: int
-    batch_timeout_s: float
-    read_block_ms: int
-    # Groups older than this many versions at read time are discarded (counted, never silent).
-    max_staleness: int | None = None
-    seed: int = 0
-    # 0: the rank trains on CPU (gloo) even where GPUs exist; 1: on its own GPU (NCCL).
-    gpus_per_rank: int = 0
-
-
 class DeepSpeedLearner:
+    """One rank. It takes the whole JobConfig, not one section: besides `learner` it reads the
+    model dtype, the group shape, the sampling temperature, the staleness bound, the buffer's
+    read block and the checkpoint folder. `rank` and the resolved `model_path` are facts of
+    this run, not config."""
+
     def __init__(
         self,
-        settings: LearnerSettings,
+        config: JobConfig,
+        model_path: str,
+        rank: int,
         consumer: TrajectoryConsumer | None,
         publisher: WeightPublisher | None,
         refill: SampleRefill | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.settings = settings
+        self.config = config
+        self.model_path = model_path
+        self.rank = rank
         self.consumer = consumer
-        self.publisher = publisher
+        self.publishing = PolicyPublishing(publisher, rank, config.learner.zero_stage)
         self.version = 0
         self.step = 0
-        algorithm = settings.algorithm
+        algorithm = config.learner.algorithm
+        group_size = config.rollout.group_size
         group_filter = (
-            ZeroVarianceFilter(algorithm.dynamic_sampling, algorithm.overlong, settings.group_size)
+            ZeroVarianceFilter(algorithm.dynamic_sampling, algorithm.overlong, group_size)
             if algorithm.dynamic_sampling is not None
             else None
         )
         self.intake = (
             BatchIntake(
                 consumer,
-                settings.group_size,
-                settings.prompts_per_step,
-                settings.max_staleness,
-                settings.batch_timeout_s,
-                settings.read_block_ms,
+                group_size,
+                config.trainer.prompts_per_step,
+                config.trainer.max_staleness,
+                config.learner.batch_timeout_s,
+                config.buffer.read_block_ms,
                 group_filter,
                 refill,
-                on_idle=publisher.serve_joins if publisher is not None else None,
-                root=Path(settings.checkpoint_dir),
+                # While rank 0 waits for data, engines that joined get the current version.
+                on_idle=self.publishing.serve_joins,
+                root=config.checkpoint_dir,
             )
             if consumer is not None
             else None
@@ -151,54 +132,56 @@ class DeepSpeedLearner:
         self.reference: ReferenceModel | None = None
         self.value_model: ValueModel | None = None
         self.update: PolicyUpdate | None = None
+        # The SFT stage, between start_sft() and end_sft() (learner/sft.py).
+        self.sft: SftTrainer | None = None
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group and build the engine; every rank calls this concurrently."""
-        s = self.settings
-        if s.gpus_per_rank == 0:
+        lc = self.config.learner
+        if lc.gpus_per_rank == 0:
             # Hidden before anything touches CUDA, so no library picks a GPU behind our back.
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        device = learner_device(s.gpus_per_rank, torch.cuda.is_available(), torch.version.cuda)
+        device = learner_device(lc.gpus_per_rank, torch.cuda.is_available(), torch.version.cuda)
         on_gpu = device == "cuda"
         os.environ["DS_ACCELERATOR"] = device
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        torch.manual_seed(s.seed)
-        torch.set_num_threads(s.torch_threads)
+        torch.manual_seed(self.config.trainer.seed)
+        torch.set_num_threads(lc.torch_thread_count)
         os.environ.update(
             MASTER_ADDR=master_addr,
             MASTER_PORT=str(master_port),
-            RANK=str(s.rank),
+            RANK=str(self.rank),
             # Ray shows each GPU rank only its own device, as cuda:0.
-            LOCAL_RANK="0" if on_gpu else str(s.rank),
-            WORLD_SIZE=str(s.world_size),
+            LOCAL_RANK="0" if on_gpu else str(self.rank),
+            WORLD_SIZE=str(lc.num_ranks),
         )
         if on_gpu:
             torch.cuda.set_device(0)
         deepspeed.init_distributed(
             dist_backend="nccl" if on_gpu else "gloo",
             verbose=False,
-            timeout=collective_timeout(s.batch_timeout_s),
+            timeout=collective_timeout(lc.batch_timeout_s),
         )
-        model = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=torch.float32)
-        if s.gradient_checkpointing:
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        self.engine = training_engine(model, s, s.lr)
-        if s.algorithm.kl is not None:
-            self.reference = ReferenceModel.build(s)
-        if s.algorithm.critic is not None:
-            self.value_model = ValueModel.build(s, s.algorithm.critic)
+        self.engine = training_engine(model, self.config, lc.lr)
+        if lc.algorithm.kl is not None:
+            self.reference = ReferenceModel.build(self.config, self.model_path)
+        if lc.algorithm.critic is not None:
+            self.value_model = ValueModel.build(self.config, self.model_path, lc.algorithm.critic)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0
         if self.intake is not None:
             self.intake.vocab_size = model.config.vocab_size  # a larger token id is poison
         if isinstance(self.pad_id, list):
             self.pad_id = self.pad_id[0]
         self.update = PolicyUpdate(
-            s, self.engine, self.objective, self.off_policy, self.value_model, self.pad_id
+            self.config, self.engine, self.objective, self.off_policy, self.value_model, self.pad_id
         )
-        return {"rank": s.rank, "parameters": sum(p.numel() for p in model.parameters())}
+        return {"rank": self.rank, "parameters": sum(p.numel() for p in model.parameters())}
 
     # ---- data -------------------------------------------------------------------------
 
@@ -206,7 +189,7 @@ class DeepSpeedLearner:
         """Rank 0 reads; the others receive the same trajectories in the same order."""
         entries = self.intake.next_batch(self.version) if self.intake is not None else []
         payload = [[encode(e.trajectory) for e in entries]]
-        if self.settings.world_size > 1:
+        if self.config.learner.num_ranks > 1:
             dist.broadcast_object_list(payload, src=0)
         return [decode(raw) for raw in payload[0]], entries
 
@@ -225,16 +208,16 @@ class DeepSpeedLearner:
         return scorers
 
     def train_step(self) -> dict[str, Any]:
-        s = self.settings
+        lc = self.config.learner
         assert self.update is not None, "setup() builds the engines first"
         started = time.perf_counter()
         trajectories, entries = self._shared_batch()
         waited = time.perf_counter() - started
 
-        plan = rank_micro_batches(trajectories, s.rank, s.world_size, s.micro_batch_tokens)
+        plan = rank_micro_batches(trajectories, self.rank, lc.num_ranks, lc.micro_batch_tokens)
         scores = score_batch(trajectories, plan, self.pad_id, self._scorers())
         full = pad_rows(trajectories, slice(None), self.pad_id)
-        estimate = self.estimator(advantage_inputs(trajectories, full, scores, s.algorithm))
+        estimate = self.estimator(advantage_inputs(trajectories, full, scores, lc.algorithm))
         metrics = batch_metrics(trajectories, self.version)
         metrics.update(self.update.run(trajectories, plan, full, scores, estimate))
         trained = time.perf_counter() - started - waited
@@ -258,7 +241,7 @@ class DeepSpeedLearner:
                 "time/wait_batch_s": waited,
                 "time/train_s": trained,
                 "time/publish_s": publish_s,
-                **self._push_metrics(),
+                **self.publishing.push_metrics(),
             }
         )
         metrics.update(learner_memory_metrics())
@@ -268,47 +251,23 @@ class DeepSpeedLearner:
 
     def publish(self) -> dict[str, Any]:
         """Publish the current weights as `self.version` (all ranks take part in gathering)."""
-        s = self.settings
-        if getattr(self.publisher, "pushes", False) and s.zero_stage < 3:
-            # A push transport sends straight from the live GPU parameters: no host copy.
-            module = self.engine.module
-            state = {name: t.detach() for name, t in module.state_dict(keep_vars=True).items()}
-        else:
-            state = full_state_dict(self.engine.module, s.zero_stage, s.rank)
-        if s.rank != 0 or self.publisher is None:
-            return {}
-        fault_point("mid_publish")
-        info = self.publisher.publish(self.version, state)
-        return {"version": info.version, "checksum": info.checksum, "bytes": info.num_bytes}
-
-    def _push_metrics(self) -> dict[str, float]:
-        """Bytes and seconds of the pushes into engines since the last step (push only)."""
-        take = getattr(self.publisher, "take_push_reports", None)
-        reports = take() if take is not None else []
-        if not reports:
-            return {}
-        return {
-            "weights/pushed_engines": len(reports),
-            "weights/push_bytes": sum(r.num_bytes for r in reports),
-            "weights/push_s_max": max(r.seconds for r in reports),
-        }
+        return self.publishing.publish(self.engine.module, self.version)
 
     def save_checkpoint(self) -> str:
         """Write a checkpoint, then acknowledge the entries its steps used."""
         from transformers import AutoTokenizer
 
-        s = self.settings
-        root = Path(s.checkpoint_dir)
+        root = self.config.checkpoint_dir
         folder = checkpoint.step_dir(root, self.step)
-        state = full_state_dict(self.engine.module, s.zero_stage, s.rank)
-        if s.rank == 0:
+        state = full_state_dict(self.engine.module, self.config.learner.zero_stage, self.rank)
+        if self.rank == 0:
             (folder / "hf").mkdir(parents=True, exist_ok=True)
             self.engine.module.save_pretrained(folder / "hf", state_dict=state)
-            AutoTokenizer.from_pretrained(s.model_path).save_pretrained(folder / "hf")
+            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(folder / "hf")
         self.engine.save_checkpoint(str(folder / "deepspeed"), tag="engine")
         if self.value_model is not None:
             self.value_model.save_state(folder)
-        if s.rank == 0:
+        if self.rank == 0:
             position = self.intake.last_entry_id if self.intake is not None else None
             checkpoint.write_state(
                 folder,
@@ -322,8 +281,8 @@ class DeepSpeedLearner:
                 self.intake.commit(folder)
             else:
                 checkpoint.mark_latest(root, folder)
-            checkpoint.prune(root, s.keep_checkpoints)
-        if s.world_size > 1:
+            checkpoint.prune(root, self.config.trainer.keep_checkpoints)
+        if self.config.learner.num_ranks > 1:
             dist.barrier()
         return str(folder)
 
@@ -339,3 +298,26 @@ class DeepSpeedLearner:
         if self.intake is not None:
             self.intake.restore(path.parent, self.step)
         return {"step": self.step, "version": self.version}
+
+    # ---- the SFT stage before RL (learner/sft.py) ---------------------------------------
+
+    def start_sft(self) -> dict[str, int]:
+        self.sft = SftTrainer(self.engine, self.config, self.model_path, self.rank, self.pad_id)
+        return self.sft.position()
+
+    def sft_step(self) -> dict[str, float]:
+        assert self.sft is not None, "start_sft() first"
+        return self.sft.train_step()
+
+    def save_sft_checkpoint(self) -> str:
+        assert self.sft is not None, "start_sft() first"
+        return self.sft.save_checkpoint()
+
+    def restore_sft(self, folder: str) -> dict[str, int]:
+        assert self.sft is not None, "start_sft() first"
+        return self.sft.restore(folder)
+
+    def end_sft(self) -> None:
+        assert self.sft is not None, "start_sft() first"
+        self.sft.finish()
+        self.sft = None

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from relayrl.learner.deepspeed_learner import LearnerSettings
+    from relayrl.config import JobConfig
 
 
 # DeepSpeed's own bucket defaults (elements), sized for multi-billion-parameter GPU jobs.
@@ -39,29 +39,29 @@ def bucket_sizes(parameters: int) -> dict[str, int]:
     }
 
 
-def _common_config(settings: LearnerSettings, zero_stage: int, parameters: int) -> dict[str, Any]:
+def _common_config(config: JobConfig, zero_stage: int, parameters: int) -> dict[str, Any]:
     return {
         # Micro-batching and accumulation are ours (token-budget packing); DeepSpeed only
         # needs consistent numbers here.
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
-        "train_batch_size": settings.world_size,
+        "train_batch_size": config.learner.num_ranks,
         "zero_optimization": {"stage": zero_stage} | bucket_sizes(parameters),
-        "bf16": {"enabled": settings.dtype == "bfloat16"},
+        "bf16": {"enabled": config.model.dtype == "bfloat16"},
         "steps_per_print": 1 << 30,
     }
 
 
-def training_config(settings: LearnerSettings, parameters: int) -> dict[str, Any]:
-    return _common_config(settings, settings.zero_stage, parameters) | {
-        "gradient_clipping": settings.grad_clip,
+def training_config(config: JobConfig, parameters: int) -> dict[str, Any]:
+    return _common_config(config, config.learner.zero_stage, parameters) | {
+        "gradient_clipping": config.learner.grad_clip,
         "zero_allow_untested_optimizer": True,
     }
 
 
-def inference_config(settings: LearnerSettings, parameters: int) -> dict[str, Any]:
+def inference_config(config: JobConfig, parameters: int) -> dict[str, Any]:
     # Below ZeRO-3 there is nothing to shard without an optimizer: every rank keeps a copy.
-    return _common_config(settings, 3 if settings.zero_stage == 3 else 0, parameters)
+    return _common_config(config, 3 if config.learner.zero_stage == 3 else 0, parameters)
 
 
 def _parameters(model: nn.Module) -> int:
@@ -73,33 +73,34 @@ def warmup_schedule(steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / steps) if steps else 1.0
 
 
-def training_engine(model: nn.Module, settings: LearnerSettings, lr: float) -> Any:
+def training_engine(model: nn.Module, config: JobConfig, lr: float) -> Any:
     """AdamW with the warm-up schedule, gradient clipping and the job's ZeRO stage."""
     import deepspeed
 
+    learner = config.learner
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=lr,
-        betas=settings.betas,
-        weight_decay=settings.weight_decay,
+        betas=learner.betas,
+        weight_decay=learner.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(settings.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(learner.warmup_steps))
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=training_config(settings, _parameters(model)),
+        config=training_config(config, _parameters(model)),
     )
     return engine
 
 
-def inference_engine(model: nn.Module, settings: LearnerSettings) -> Any:
+def inference_engine(model: nn.Module, config: JobConfig) -> Any:
     """A frozen model in eval mode, sharded like the policy under ZeRO-3."""
     import deepspeed
 
     model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(
-        model=model, config=inference_config(settings, _parameters(model))
+        model=model, config=inference_config(config, _parameters(model))
     )
     engine.eval()
     return engine

@@ -12,7 +12,7 @@ from relayrl.learner.batching import PaddedBatch
 from relayrl.learner.engines import inference_engine
 
 if TYPE_CHECKING:
-    from relayrl.learner.deepspeed_learner import LearnerSettings
+    from relayrl.config import JobConfig
 
 
 class ReferenceModel:
@@ -21,13 +21,13 @@ class ReferenceModel:
         self.temperature = temperature
 
     @classmethod
-    def build(cls, settings: LearnerSettings) -> ReferenceModel:
+    def build(cls, config: JobConfig, model_path: str) -> ReferenceModel:
         """Every rank calls this together (DeepSpeed initializes collectively)."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         model.config.use_cache = False
-        return cls(inference_engine(model, settings), settings.temperature)
+        return cls(inference_engine(model, config), config.rollout.sampling.temperature)
 
     @torch.no_grad()
     def logprobs(self, batch: PaddedBatch) -> Tensor:

@@ -20,7 +20,7 @@ from relayrl.learner.value_model import ValueModel
 from relayrl.trajectory import Trajectory
 
 if TYPE_CHECKING:
-    from relayrl.learner.deepspeed_learner import LearnerSettings
+    from relayrl.config import JobConfig
 
 
 def _rows(
@@ -33,14 +33,16 @@ def _rows(
 class PolicyUpdate:
     def __init__(
         self,
-        settings: LearnerSettings,
+        config: JobConfig,
         engine: Any,
         objective: PolicyLoss,
         off_policy: OffPolicyCorrection,
         value_model: ValueModel | None,
         pad_id: int,
     ) -> None:
-        self.settings = settings
+        self.temperature = config.rollout.sampling.temperature
+        self.world_size = config.learner.num_ranks
+        self.with_entropy = config.learner.algorithm.entropy is not None
         self.engine = engine
         self.objective = objective
         self.off_policy = off_policy
@@ -51,9 +53,7 @@ class PolicyUpdate:
     def policy_logprobs(self, batch: PaddedBatch) -> Tensor:
         """The policy's log-probs before the update: the proximal policy of decoupled PPO."""
         self.engine.eval()
-        logprobs, _ = token_scores(
-            self.engine, batch.to(self.engine.device), self.settings.temperature
-        )
+        logprobs, _ = token_scores(self.engine, batch.to(self.engine.device), self.temperature)
         return logprobs
 
     def run(
@@ -109,11 +109,10 @@ class PolicyUpdate:
         normalizer: float,
         boundary: bool,
     ) -> LossOutput:
-        s = self.settings
         width = tensors.input_ids.shape[1]
         self.engine.set_gradient_accumulation_boundary(boundary)
         logprobs, entropy = token_scores(
-            self.engine, tensors, s.temperature, with_entropy=bool(s.algorithm.entropy)
+            self.engine, tensors, self.temperature, with_entropy=self.with_entropy
         )
         device = logprobs.device
         old_logprobs, weights = self.off_policy.ratio_inputs(
@@ -130,5 +129,5 @@ class PolicyUpdate:
         )
         out = self.objective(inputs, normalizer)
         # DeepSpeed averages gradients over ranks; the normalizer already spans them all.
-        self.engine.backward(out.loss * s.world_size, scale_wrt_gas=False)
+        self.engine.backward(out.loss * self.world_size, scale_wrt_gas=False)
         return out

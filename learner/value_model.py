@@ -17,7 +17,7 @@ from relayrl.learner.batching import PaddedBatch
 from relayrl.learner.engines import step_and_grad_norm, training_engine
 
 if TYPE_CHECKING:
-    from relayrl.learner.deepspeed_learner import LearnerSettings
+    from relayrl.config import JobConfig
 
 CHECKPOINT_FOLDER = "critic"
 
@@ -29,21 +29,21 @@ class ValueModel:
         self.world_size = world_size
 
     @classmethod
-    def build(cls, settings: LearnerSettings, config: CriticConfig) -> ValueModel:
+    def build(cls, job: JobConfig, model_path: str, config: CriticConfig) -> ValueModel:
         """Every rank calls this together (DeepSpeed initializes collectively)."""
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        model_config = AutoConfig.from_pretrained(settings.model_path, num_labels=1)
+        model_config = AutoConfig.from_pretrained(model_path, num_labels=1)
         # Dropout would make the training values differ from the ones that scored the batch.
         model_config.classifier_dropout = 0.0
         model = AutoModelForTokenClassification.from_pretrained(
-            settings.model_path, config=model_config, dtype=torch.float32
+            model_path, config=model_config, dtype=torch.float32
         )
         model.config.use_cache = False
-        if settings.gradient_checkpointing:
+        if job.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        engine = training_engine(model, settings, config.lr or settings.lr)
-        return cls(engine, build_critic_loss(config), settings.world_size)
+        engine = training_engine(model, job, config.lr or job.learner.lr)
+        return cls(engine, build_critic_loss(config), job.learner.num_ranks)
 
     def _values(self, batch: PaddedBatch) -> Tensor:
         """[B, T]: position t holds V(tokens[:t]), the head's output at t - 1 (0 at t = 0),

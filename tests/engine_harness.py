@@ -73,10 +73,9 @@ class DrivenEngine:
 
 async def _create_vllm(model_path: str) -> Engine:
     from relayrl.actors.vllm_engine import VLLMEngine
-    from relayrl.actors.vllm_settings import VLLMSettings
+    from relayrl.config import VLLMConfig
 
-    settings = VLLMSettings(model=model_path, dtype="float32", max_model_len=1024, seed=0)
-    return VLLMEngine(settings)
+    return VLLMEngine(VLLMConfig(max_model_len=1024), model_path, "float32", seed=0)
 
 
 def driven_engine(kind: EngineKind, model_path: str, tokenizer: Any) -> Iterator[DrivenEngine]:

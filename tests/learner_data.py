@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from relayrl.algorithm_config import AlgorithmConfig
+from relayrl.config import JobConfig
 from relayrl.learner.algorithms.logprobs import token_logprobs
-from relayrl.learner.deepspeed_learner import LearnerSettings
 from relayrl.trajectory import Trajectory
+from tests.job_configs import job_config
 
 
 class TrajectoryMaker:
@@ -59,28 +59,22 @@ class TrajectoryMaker:
         return made
 
 
-def learner_settings(model_path: str, checkpoint_dir: str, **changes) -> LearnerSettings:
-    base = LearnerSettings(
-        rank=0,
-        world_size=1,
-        model_path=model_path,
-        dtype="float32",
-        zero_stage=1,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        weight_decay=0.0,
-        warmup_steps=0,
-        grad_clip=1.0,
-        micro_batch_tokens=4096,
-        gradient_checkpointing=False,
-        torch_threads=1,
-        group_size=2,
-        prompts_per_step=1,
-        temperature=1.0,
-        algorithm=AlgorithmConfig(),
-        checkpoint_dir=checkpoint_dir,
-        keep_checkpoints=2,
-        batch_timeout_s=120.0,
-        read_block_ms=100,
+def learner_config(output_dir: str, fields: dict[str, Any] | None = None) -> JobConfig:
+    """One CPU rank on one thread, ZeRO-1, lr 1e-3, groups of two, one group a step, and no
+    staleness bound (hand-made batches carry whatever versions a test gives them), unless
+    `fields` (dotted paths) say otherwise."""
+    return job_config(
+        {
+            "model.dtype": "float32",
+            "learner.zero_stage": 1,
+            "learner.lr": 1e-3,
+            "learner.torch_threads": 1,
+            "learner.batch_timeout_s": 120.0,
+            "rollout.group_size": 2,
+            "trainer.prompts_per_step": 1,
+            "trainer.max_staleness": 1000,
+            "buffer.read_block_ms": 100,
+            "output.dir": output_dir,
+            **(fields or {}),
+        }
     )
-    return replace(base, **changes)

@@ -12,10 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from relayrl.actors.agent_loop import AgentLoop, AgentSettings
+from relayrl.actors.agent_loop import AgentLoop
 from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.chat_format import prompt_token_ids
+from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Task
 from relayrl.envs.tool_calls import HermesFormat
 from relayrl.learner.algorithms.logprobs import token_logprobs
@@ -53,8 +54,8 @@ def test_multi_turn_episodes_are_token_faithful_on_the_real_engine(
     loop = AgentLoop(
         recording,
         tokenizer,
-        SamplingSettings(max_new_tokens=8, temperature=TEMPERATURE, seed=5),
-        AgentSettings(max_turns=3, max_total_tokens=256),
+        SamplingConfig(max_new_tokens=8, temperature=TEMPERATURE),
+        AgentConfig(max_turns=3, max_total_tokens=256),
         stop_strings=HermesFormat.stop_strings,
     )
     outcomes = driven.run(loop.run_group(Task(id="t", messages=PROMPT), envs))

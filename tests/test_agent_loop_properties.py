@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from relayrl.actors.agent_loop import AgentLoop, AgentSettings
-from relayrl.actors.engine import SamplingSettings
+from relayrl.actors.agent_loop import AgentLoop
 from relayrl.chat_format import prompt_token_ids
+from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Task
 from relayrl.envs.tool_calls import CodeBlockFormat, HermesFormat
 from tests.agent_loop_fakes import (
@@ -94,7 +94,7 @@ def scenario(draw: st.DrawFn, tokenizer: Any) -> dict[str, Any]:
         "fmt": fmt,
         "retry": draw(st.booleans()),
         "scripts": scripts,
-        "agent": AgentSettings(
+        "agent": AgentConfig(
             max_turns=max_turns,
             max_total_tokens=draw(st.integers(prompt_len + 1, prompt_len + 600)),
             drop_void_trajectories=draw(st.booleans()),
@@ -113,7 +113,7 @@ def make_env(fmt: str, retry: bool) -> RecordingToolEnv:
 @given(data=st.data())
 def test_every_generated_episode_is_token_faithful(tokenizer: Any, data: st.DataObject) -> None:
     case = data.draw(scenario(tokenizer))
-    agent: AgentSettings = case["agent"]
+    agent: AgentConfig = case["agent"]
     scripts = [[turn for turn, _ in script] for script in case["scripts"]]
     kinds = [[kind for _, kind in script] for script in case["scripts"]]
     engine = ScriptedEngine(scripts)
@@ -121,7 +121,7 @@ def test_every_generated_episode_is_token_faithful(tokenizer: Any, data: st.Data
     loop = AgentLoop(
         engine,
         tokenizer,
-        SamplingSettings(max_new_tokens=case["max_new_tokens"]),
+        SamplingConfig(max_new_tokens=case["max_new_tokens"]),
         agent,
         stop_strings=envs[0].call_format.stop_strings,
     )

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from relayrl.actors.agent_loop import AgentLoop, AgentSettings
-from relayrl.actors.engine import SamplingSettings
+from relayrl.actors.agent_loop import AgentLoop
 from relayrl.chat_format import ObservationFormatter
+from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Message, StepResult, Task
 from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.trajectory import decode, encode
@@ -64,8 +64,8 @@ def agent(tokenizer: Any, scripts: list[list[ScriptedTurn]], **settings: Any) ->
     return AgentLoop(
         ScriptedEngine(scripts),
         tokenizer,
-        SamplingSettings(max_new_tokens=32),
-        AgentSettings(max_turns=3, max_total_tokens=512, **settings),
+        SamplingConfig(max_new_tokens=32),
+        AgentConfig(max_turns=3, max_total_tokens=512, **settings),
         worker_id="worker-7",
     )
 
@@ -182,8 +182,8 @@ def test_a_prompt_longer_than_the_episode_cap_is_a_masked_error(tokenizer: Any) 
     loop = AgentLoop(
         ScriptedEngine([[], []]),
         tokenizer,
-        SamplingSettings(max_new_tokens=8),
-        AgentSettings(max_total_tokens=64),
+        SamplingConfig(max_new_tokens=8),
+        AgentConfig(max_total_tokens=64),
     )
     outcomes = asyncio.run(loop.run_group(long_task, [ScriptedEnv([]), ScriptedEnv([])]))
     for outcome in outcomes:

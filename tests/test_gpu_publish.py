@@ -12,7 +12,7 @@ import torch
 
 from relayrl.learner.deepspeed_learner import DeepSpeedLearner
 from relayrl.weights import WeightVersion
-from tests.learner_data import learner_settings
+from tests.learner_data import learner_config
 
 pytestmark = pytest.mark.gpu
 
@@ -39,9 +39,9 @@ def test_a_push_publisher_gets_the_live_gpu_parameters(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    settings = learner_settings(tiny_model_path, str(tmp_path), gpus_per_rank=1, zero_stage=1)
+    config = learner_config(str(tmp_path), {"learner.gpus_per_rank": 1})
     publisher = RecordingPush()
-    learner = DeepSpeedLearner(settings, consumer=None, publisher=publisher)
+    learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=publisher)
     learner.setup("127.0.0.1", port)
     learner.publish()
     assert publisher.state and {t.device.type for t in publisher.state.values()} == {"cuda"}

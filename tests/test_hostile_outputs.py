@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from relayrl.actors.agent_loop import AgentLoop, AgentSettings, EpisodeEnd
+from relayrl.actors.agent_loop import AgentLoop, EpisodeEnd
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.chat_format import valid_text
+from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.arith_expr import ExpressionError, evaluate_text
 from relayrl.envs.arithmetic import last_integer, parse_answer
 from relayrl.envs.base import Env, StepResult, Task
@@ -299,7 +300,7 @@ def garbage_turn(draw: st.DrawFn, tokenizer: Any) -> list[int]:
 
 
 END_REASONS = set(get_args(EpisodeEnd))
-AGENT = AgentSettings(
+AGENT = AgentConfig(
     max_turns=4, max_total_tokens=2048, max_observation_chars=2000, max_observation_tokens=200
 )
 
@@ -322,7 +323,7 @@ def test_the_agent_loop_ends_every_episode_of_a_garbage_engine(
     def check(turns: list[list[int]]) -> None:
         engine = GarbageEngine(turns)
         loop = AgentLoop(
-            engine, tokenizer, SamplingSettings(max_new_tokens=120), AGENT, worker_id="w"
+            engine, tokenizer, SamplingConfig(max_new_tokens=120), AGENT, worker_id="w"
         )
         task, envs = make_envs(name, 3)
         outcomes = event_loop_for_envs.run_until_complete(loop.run_group(task, envs))

@@ -14,7 +14,7 @@ from relayrl.learner.deepspeed_learner import (
     collective_timeout,
     learner_device,
 )
-from tests.learner_data import learner_settings
+from tests.learner_data import learner_config
 
 
 def test_a_cpu_rank_stays_on_cpu_on_a_gpu_machine() -> None:
@@ -38,8 +38,8 @@ def test_a_gpu_rank_on_a_cpu_build_of_torch_names_the_gpu_install() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_setup_of_a_gpu_rank_without_cuda_fails_before_joining_a_group(tmp_path) -> None:
-    settings = learner_settings("unused-model", str(tmp_path), gpus_per_rank=1)
-    learner = DeepSpeedLearner(settings, consumer=None, publisher=None)
+    config = learner_config(str(tmp_path), {"learner.gpus_per_rank": 1})
+    learner = DeepSpeedLearner(config, "unused-model", 0, consumer=None, publisher=None)
     with pytest.raises(LearnerDeviceError):
         learner.setup("127.0.0.1", 1)  # port 1: reaching the rendezvous would fail otherwise
     assert learner.engine is None

@@ -19,9 +19,10 @@ from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.weight_store import ObjectStoreWeights, WeightStore
+from relayrl.config import JobConfig
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.trajectory import Trajectory
-from tests.learner_data import TrajectoryMaker, learner_settings
+from tests.learner_data import TrajectoryMaker, learner_config
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +42,14 @@ def maker(tiny_model_path: str) -> TrajectoryMaker:
     return TrajectoryMaker(tiny_model_path)
 
 
-def start(settings: Any, url: str, stream: str) -> tuple[LearnerGroup, RedisStreamBuffer, Any]:
+def start(
+    config: JobConfig, model_path: str, url: str, stream: str
+) -> tuple[LearnerGroup, RedisStreamBuffer, Any]:
     buffer = RedisStreamBuffer(url, stream, trim_acknowledged=False)
     buffer.ensure_group()
     weights = ObjectStoreWeights(WeightStore.remote(), timeout_s=300)
     group = LearnerGroup(
-        settings,
-        buffer.with_consumer("learner-0"),
-        weights,
-        CountingRefill(),
-        cpus_per_rank=1,
-        call_timeout_s=600,
+        config, model_path, buffer.with_consumer("learner-0"), weights, CountingRefill(), 600
     )
     return group, buffer, weights
 
@@ -82,18 +80,19 @@ def zero3_run(cluster: str, maker: TrajectoryMaker, tiny_model_path: str, tmp_pa
             },
         }
     )
-    settings = learner_settings(
-        tiny_model_path,
-        str(tmp_path_factory.mktemp("zero3") / "checkpoints"),
-        world_size=2,
-        zero_stage=3,
-        prompts_per_step=2,
-        warmup_steps=2,
-        # Rank 0's two long rows need two micro-batches, rank 1's short ones one.
-        micro_batch_tokens=64,
-        algorithm=algorithm,
+    config = learner_config(
+        str(tmp_path_factory.mktemp("zero3")),
+        {
+            "learner.num_ranks": 2,
+            "learner.zero_stage": 3,
+            "trainer.prompts_per_step": 2,
+            "learner.warmup_steps": 2,
+            # Rank 0's two long rows need two micro-batches, rank 1's short ones one.
+            "learner.micro_batch_tokens": 64,
+            "learner.algorithm": algorithm,
+        },
     )
-    group, buffer, weights = start(settings, cluster, "zero3:stream")
+    group, buffer, weights = start(config, tiny_model_path, cluster, "zero3:stream")
     flat = maker.group([1.0, 1.0], 8, 8)
     batches = [
         [maker.group([1.0, 0.0], 16, 24, logprob_shift=-SHIFT), maker.group([0.0, 1.0], 6, 10)],

@@ -30,7 +30,7 @@ from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.token_scores import token_scores
 from relayrl.models import cache_root
 from relayrl.process_memory import process_memory
-from tests.learner_data import TrajectoryMaker, learner_settings
+from tests.learner_data import TrajectoryMaker, learner_config
 
 
 def padded_batch(vocab: int) -> PaddedBatch:
@@ -185,22 +185,23 @@ def test_a_deepspeed_step_from_hidden_states_matches_the_full_logits_step(
     gradient norm that the full-logits computation gives on a plain copy of the model."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
     algorithm = AlgorithmConfig(entropy=EntropyConfig(coef=0.01))
-    settings = learner_settings(
-        tiny_model_path,
+    config = learner_config(
         str(tmp_path),
-        zero_stage=zero_stage,
-        group_size=4,
-        micro_batch_tokens=20,
-        algorithm=algorithm,
+        {
+            "learner.zero_stage": zero_stage,
+            "rollout.group_size": 4,
+            "learner.micro_batch_tokens": 20,
+            "learner.algorithm": algorithm,
+        },
     )
     trajectories = TrajectoryMaker(tiny_model_path).group([1.0, 0.0, 0.0, 1.0], 4, 6)
-    learner = DeepSpeedLearner(settings, consumer=None, publisher=None)
+    learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=None)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     learner.setup("127.0.0.1", port)
     assert learner.update is not None
-    plan = rank_micro_batches(trajectories, 0, 1, settings.micro_batch_tokens)
+    plan = rank_micro_batches(trajectories, 0, 1, config.learner.micro_batch_tokens)
     assert len(plan) == 2
     full = pad_rows(trajectories, slice(None), learner.pad_id)
     estimate = learner.estimator(advantage_inputs(trajectories, full, {}, algorithm))

@@ -21,7 +21,7 @@ from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout
 from relayrl.cluster.nccl_weights import NcclPushWeights, kill_engine_worker
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weight_store import EngineMember, WeightStore
-from tests.worker_settings import tiny_worker_settings
+from tests.worker_settings import tiny_worker_config
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
 
@@ -183,8 +183,14 @@ def test_what_travels_to_actors_carries_no_groups_or_weights(ray_instance: None)
 
 
 def _worker(model_path: str, weights: NcclPushWeights, wait_s: float) -> RolloutWorker:
-    settings = tiny_worker_settings(model_path, weight_wait_s=wait_s)
-    return RolloutWorker(settings, producer=None, weights=weights, gate=None)  # type: ignore[arg-type]
+    # A worker waits one learner batch plus one weight sync for a pushed version.
+    config = tiny_worker_config(
+        fields={
+            "learner.batch_timeout_s": wait_s / 2,
+            "rollout.vllm.weight_sync_timeout_s": wait_s / 2,
+        }
+    )
+    return RolloutWorker(config, "w0", model_path, 0, producer=None, weights=weights, gate=None)  # type: ignore[arg-type]
 
 
 def test_a_joining_worker_waits_for_the_pushed_version(

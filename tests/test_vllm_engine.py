@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.vllm_engine import VLLMEngine, WeightSyncError
-from relayrl.actors.vllm_settings import VLLMSettings
+from relayrl.config import VLLMConfig
 from tests.engine_harness import CALL_TIMEOUT_S, EngineLoop
 from tests.engine_harness import LOGPROB_ATOL as ENGINE_LOGPROB_ATOL
 
@@ -66,8 +66,7 @@ def engine_loop() -> Iterator[EngineLoop]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path: str, engine_loop: EngineLoop) -> Iterator[VLLMEngine]:
-    settings = VLLMSettings(model=tiny_model_path, dtype="float32", max_model_len=1024, seed=0)
-    created = engine_loop.run(_create(settings))
+    created = engine_loop.run(_create(tiny_model_path, VLLMConfig(max_model_len=1024)))
     yield created
     engine_loop.run(created.close())
 
@@ -77,8 +76,8 @@ def weights(engine_loop: EngineLoop, engine: VLLMEngine) -> WeightVersions:
     return WeightVersions(engine_loop, engine)
 
 
-async def _create(settings: VLLMSettings) -> VLLMEngine:
-    return VLLMEngine(settings)
+async def _create(model_path: str, config: VLLMConfig, receives_pushes: bool = False) -> VLLMEngine:
+    return VLLMEngine(config, model_path, "float32", seed=0, receives_pushes=receives_pushes)
 
 
 def perturbed(reference: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -296,10 +295,8 @@ def test_nccl_weight_transfer_loads_the_broadcast_weights(
     from relayrl.cluster.nccl_sender import NcclWeightSender
 
     loop = EngineLoop()
-    settings = VLLMSettings(
-        model=tiny_model_path, dtype="float32", weight_transport="nccl", weight_sync_timeout_s=120
-    )
-    engine = loop.run(_create(settings))
+    config = VLLMConfig(weight_sync_timeout_s=120)
+    engine = loop.run(_create(tiny_model_path, config, receives_pushes=True))
     try:
         sender_device = torch.device("cuda", 1)
         new_model = perturbed(reference_model, seed=3)

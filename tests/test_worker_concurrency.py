@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from relayrl.actors.rollout_worker import RolloutWorker
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.weights import WeightVersion
-from tests.worker_settings import tiny_worker_settings
+from tests.worker_settings import tiny_worker_config
 
 GROUP_SIZE = 4
 
@@ -121,15 +121,12 @@ def make_worker(
     weights=None,
     env_name: str = "arithmetic",
 ) -> RolloutWorker:
-    settings = tiny_worker_settings(
-        model_path,
-        "worker-0",
+    config = tiny_worker_config(
         GROUP_SIZE,
         max_new_tokens,
-        env_name=env_name,
-        max_concurrent_groups=concurrency,
+        {"env.name": env_name, "rollout.max_concurrent_groups": concurrency},
     )
-    return RolloutWorker(settings, buffer, weights or HeldWeights(), gate)
+    return RolloutWorker(config, "worker-0", model_path, 0, buffer, weights or HeldWeights(), gate)
 
 
 def test_groups_play_at_once_in_one_batch_and_every_lease_returns(tiny_model_path, buffer):
