@@ -535,8 +535,11 @@ class JobConfig(Section):
     @property
     def local_cpus(self) -> int:
         """Logical CPUs for a local Ray instance: enough to place every actor we ask for."""
+        # A local instance never grows: it must already hold the autoscaler's largest fleet.
+        autoscale = self.rollout.autoscale
+        workers = max(self.rollout.num_workers, autoscale.max_workers if autoscale else 0)
         wanted = (
             self.learner.num_ranks * self.learner.cpus_per_rank
-            + self.rollout.num_workers * self.rollout.cpus_per_worker
+            + workers * self.rollout.cpus_per_worker
         )
         return self.ray.num_cpus or max(2, int(wanted + 0.999) + 1)
