@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -63,3 +63,42 @@ class Engine(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# What an engine can do beyond `Engine`; the rollout worker checks these with isinstance.
+
+
+@runtime_checkable
+class LoadsWeightsInPlace(Engine, Protocol):
+    """`update_weights` may run while `generate` calls are in flight: they pause and continue
+    under the new version (vLLM), so a new version needs no interrupt to be loaded."""
+
+    loads_in_place: Literal[True]
+
+
+@runtime_checkable
+class InterruptibleEngine(Engine, Protocol):
+    def interrupt(self) -> None:
+        """End every running `generate` call at the next token with finish reason "abort"."""
+        ...
+
+
+@runtime_checkable
+class ReceivesPushes(Protocol):
+    """The receiving end of the NCCL transport, in the order the learner calls it."""
+
+    async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's NCCL group for this engine."""
+        ...
+
+    async def begin_weight_transfer(self) -> None:
+        """Pause generation and get ready to receive a version."""
+        ...
+
+    async def receive_weight_chunk(self, update_info: dict[str, Any]) -> None:
+        """Receive the broadcast the learner sends at the same time."""
+        ...
+
+    async def finish_weight_transfer(self, version: int) -> None:
+        """Load what was received and resume generation under `version`."""
+        ...

@@ -12,18 +12,13 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
 
 import torch
 
-from relayrl.actors.engine import Completion, Engine, SamplingSettings
+from relayrl.actors.engine import Completion, InterruptibleEngine, SamplingSettings
 from relayrl.trajectory import EpisodeEnd
 
 log = logging.getLogger(__name__)
-
-
-class InterruptibleEngine(Engine, Protocol):
-    def interrupt(self) -> None: ...
 
 
 def merge(head: Completion, tail: Completion) -> Completion:

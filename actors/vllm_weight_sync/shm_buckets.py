@@ -10,27 +10,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from relayrl.weight_buckets import plan_buckets, state_metadata
+
 # tmpfs: workers memory-map the files, so staging costs one copy and loading none extra.
 SHARED_MEMORY_DIR = Path("/dev/shm")
 # Containers often cap /dev/shm (Docker: 64 MB); leave room for everything else using it.
 _SHARED_MEMORY_HEADROOM = 1.25
-
-
-def plan_buckets(state: Mapping[str, torch.Tensor], bucket_bytes: int) -> list[list[str]]:
-    """Group names in state order into runs of at most `bucket_bytes` (one tensor may exceed)."""
-    buckets: list[list[str]] = []
-    current: list[str] = []
-    current_bytes = 0
-    for name, tensor in state.items():
-        size = tensor.numel() * tensor.element_size()
-        if current and current_bytes + size > bucket_bytes:
-            buckets.append(current)
-            current, current_bytes = [], 0
-        current.append(name)
-        current_bytes += size
-    if current:
-        buckets.append(current)
-    return buckets
 
 
 class StagedWeights:
@@ -50,7 +35,7 @@ class StagedWeights:
             raise
 
     def _write(self, state: Mapping[str, torch.Tensor], bucket_bytes: int) -> Iterator[str]:
-        for index, names in enumerate(plan_buckets(state, bucket_bytes)):
+        for index, names in enumerate(plan_buckets(state_metadata(state), bucket_bytes)):
             path = str(self.directory / f"bucket-{index:05d}.safetensors")
             save_file(_unaliased({name: state[name] for name in names}), path)
             yield path

@@ -1,4 +1,4 @@
-"""Learner side of the GPU weight path: NCCL broadcast into one vLLM engine (CUDA only).
+"""The NCCL transport's wire: a broadcast from learner rank 0 into one vLLM engine (CUDA only).
 
 Built on vLLM's weight-transfer API (`WeightTransferTrainerFactory`, backend "nccl"). One
 sender owns one NCCL group with one engine (learner rank 0, the engine's workers after it),
@@ -9,7 +9,7 @@ Every step that can hang (rendezvous, broadcast, engine calls) is bounded by a t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Protocol, TypeVar
@@ -20,6 +20,8 @@ from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
+from relayrl.weights import TensorMeta
+
 _T = TypeVar("_T")
 
 
@@ -27,26 +29,32 @@ class WeightSyncTimeout(RuntimeError):
     """A weight-sync step did not finish in time; the NCCL group must be rebuilt."""
 
 
-class PublishedStateSource(WeightSource):
-    """The state dict being published, sent to the GPU one tensor at a time."""
+class StreamSource(WeightSource):
+    """The version being sent: its metadata up front, its tensors as the stream hands them
+    over (moved to the sending GPU if they are elsewhere)."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor], device: torch.device) -> None:
+    def __init__(self, metadata: list[TensorMeta], device: torch.device) -> None:
         self._device = device
-        self._meta = [ParamMeta(name, t.dtype, tuple(t.shape)) for name, t in state.items()]
-        self._state = state
+        self._meta = _param_meta(metadata)
+        self._tensors: Iterator[tuple[str, torch.Tensor]] = iter(())
 
-    def replace(self, state: Mapping[str, torch.Tensor]) -> None:
-        meta = [ParamMeta(name, t.dtype, tuple(t.shape)) for name, t in state.items()]
-        if meta != self._meta:
+    def replace(
+        self, metadata: list[TensorMeta], tensors: Iterator[tuple[str, torch.Tensor]]
+    ) -> None:
+        if _param_meta(metadata) != self._meta:
             raise ValueError("a new version must keep the names, dtypes and shapes")
-        self._state = state
+        self._tensors = tensors
 
     def metadata(self) -> list[ParamMeta]:
         return self._meta
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in self._state.items():
+        for name, tensor in self._tensors:
             yield name, tensor.to(self._device)
+
+
+def _param_meta(metadata: list[TensorMeta]) -> list[ParamMeta]:
+    return [ParamMeta(meta.name, meta.dtype, meta.shape) for meta in metadata]
 
 
 class EngineReceiver(Protocol):
@@ -121,7 +129,7 @@ class NcclWeightSender:
     def __init__(
         self,
         receiver: EngineReceiver,
-        state: Mapping[str, torch.Tensor],
+        metadata: list[TensorMeta],
         *,
         master_address: str,
         master_port: int,
@@ -133,7 +141,7 @@ class NcclWeightSender:
         self._client = _VersionedClient(receiver)
         self._timeout_s = timeout_s
         self._device = device
-        self._source = PublishedStateSource(state, device)
+        self._source = StreamSource(metadata, device)
         init_info = NCCLTrainerInitInfo(
             master_address=master_address,
             master_port=master_port,
@@ -151,8 +159,13 @@ class NcclWeightSender:
             ),
         )
 
-    def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        self._source.replace(state)
+    def send(
+        self,
+        version: int,
+        metadata: list[TensorMeta],
+        tensors: Iterator[tuple[str, torch.Tensor]],
+    ) -> None:
+        self._source.replace(metadata, tensors)
         self._client.version = version
         sending = f"NCCL send of v{version}"
         _within(self._timeout_s, self._device, sending, self._engine.send_weights)
