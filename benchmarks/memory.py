@@ -147,7 +147,7 @@ def learner_profile(
     import numpy as np
     import torch
 
-    from relayrl.cluster.weight_store import to_wire
+    from relayrl.cluster.weights.codec import to_wire
     from relayrl.config_loader import load_config
     from relayrl.learner.batching import pad_rows
     from relayrl.learner.deepspeed_learner import DeepSpeedLearner
