@@ -85,13 +85,14 @@ async def ray_pool_call(workers: int) -> AsyncIterator[Call]:
     """A call through a started Ray SandboxPool of `workers` actors; prints its start time."""
     import ray
 
+    from relayrl.cluster.sandbox_actors import RaySandboxRunners
     from relayrl.envs.sandbox.pool import SandboxPool
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=workers, include_dashboard=False)
     try:
         started = time.perf_counter()
-        async with SandboxPool(workers, LIMITS) as pool:
+        async with SandboxPool(workers, LIMITS, runners=RaySandboxRunners()) as pool:
             print(f"SandboxPool({workers}) start: {time.perf_counter() - started:.2f} s")
 
             async def pool_call() -> None:

@@ -16,8 +16,10 @@ from relayrl.actors.rollout_worker import RolloutWorker
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.cluster.placement import engine_placement, in_bundle
+from relayrl.cluster.sandbox_actors import ray_sandbox_pool
 from relayrl.cluster.weights.roster import EngineRegistry
 from relayrl.config import JobConfig
+from relayrl.envs.python_sandbox import use_sandbox_pools
 from relayrl.weights import WeightSubscriber
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,16 @@ KILL_WAIT_S = 60.0
 # How many of the latest worker deaths the fleet remembers for `relayrl status`.
 ERRORS_KEPT = 10
 
-RemoteRolloutWorker = ray.remote(max_restarts=0)(RolloutWorker)
+
+class FleetWorker(RolloutWorker):
+    """A rollout worker whose sandboxed tool programs run on the job's sandbox actors."""
+
+    def __init__(self, *args: Any) -> None:
+        use_sandbox_pools(ray_sandbox_pool)
+        super().__init__(*args)
+
+
+RemoteRolloutWorker = ray.remote(max_restarts=0)(FleetWorker)
 
 
 class FleetDeadError(RuntimeError):

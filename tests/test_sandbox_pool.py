@@ -1,4 +1,5 @@
-"""The Ray pool of sandboxes: typed results, back-pressure, and a dead actor replaced."""
+"""Sandboxes pooled on Ray actors (cluster/sandbox_actors.py): typed results, back-pressure,
+and a dead actor replaced."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
+from relayrl.cluster.sandbox_actors import RaySandboxRunners
 from relayrl.envs.sandbox import SandboxLimits
 from relayrl.envs.sandbox.pool import SandboxPool
 from tests.test_sandbox_hostile import host_processes_with, spawn_marked_sleeper
@@ -31,7 +33,7 @@ def local_ray() -> Iterator[None]:
 
 def test_pool_runs_programs_and_types_failures() -> None:
     async def scenario() -> list[str]:
-        async with SandboxPool(POOL_SIZE, LIMITS) as pool:
+        async with SandboxPool(POOL_SIZE, LIMITS, runners=RaySandboxRunners()) as pool:
             ok = await pool.run("print(6 * 7)")
             assert ok.stdout == "42\n"
             slow = await pool.run("import time; time.sleep(30)", SandboxLimits(wall_s=1.0))
@@ -46,7 +48,7 @@ def test_a_burst_waits_for_free_sandboxes() -> None:
     code = "import time\nstart = time.monotonic()\ntime.sleep(0.5)\nprint(start, time.monotonic())"
 
     async def burst() -> list[tuple[float, float]]:
-        async with SandboxPool(POOL_SIZE, LIMITS) as pool:
+        async with SandboxPool(POOL_SIZE, LIMITS, runners=RaySandboxRunners()) as pool:
             results = await asyncio.gather(*(pool.run(code) for _ in range(3 * POOL_SIZE)))
         assert {result.status for result in results} == {"ok"}
         spans = [result.stdout.split() for result in results]
@@ -64,11 +66,11 @@ def test_a_dead_actor_is_a_typed_result_and_replaced() -> None:
     sleeper = f"import os\n{spawn_marked_sleeper(marker)}\n"
 
     async def scenario() -> list[str]:
-        async with SandboxPool(1, LIMITS) as pool:
+        async with SandboxPool(1, LIMITS, runners=RaySandboxRunners()) as pool:
             running = asyncio.ensure_future(pool.run(sleeper))
             while not host_processes_with(marker):
                 await asyncio.sleep(0.05)
-            ray.kill(pool._actors[0])
+            ray.kill(pool._runners[0].actor)
             died = await running
             after = await pool.run("print('fresh')")
             return [died.status, after.status, after.stdout]

@@ -1,6 +1,7 @@
 """A local sandbox for untrusted Python: bubblewrap namespaces, seccomp, rlimits and cgroups.
 
-The Ray actor pool lives in `relayrl.envs.sandbox.pool` (imported on demand: it needs Ray).
+`relayrl.envs.sandbox.pool` queues programs on runners someone else provides (in a job, the
+Ray sandbox actors of `relayrl.cluster.sandbox_actors`).
 """
 
 from relayrl.envs.sandbox.host import check_host

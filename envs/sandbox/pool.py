@@ -1,4 +1,6 @@
-"""A pool of sandbox Ray actors with back-pressure: a burst of calls waits for a free actor."""
+"""A pool of program runners with back-pressure: a burst of calls waits for a free runner.
+The runners come from whoever owns the processes (in a job, cluster/ gives Ray sandbox
+actors); this module knows them only by the `ProgramRunner` / `RunnerFactory` protocols."""
 
 from __future__ import annotations
 
@@ -6,61 +8,67 @@ import asyncio
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Protocol
 
-import ray
-from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
-
-from relayrl.envs.sandbox.host import check_host
 from relayrl.envs.sandbox.limits import SandboxLimits
 from relayrl.envs.sandbox.result import SandboxResult
-from relayrl.envs.sandbox.runner import DEFAULT_LIMITS, run_python
-from relayrl.envs.sandbox.tools import SandboxUnavailable
+from relayrl.envs.sandbox.runner import DEFAULT_LIMITS
 
 
-class SandboxWorker:
-    """One Ray actor; Ray runs its calls one at a time, so it confines one program at a time."""
+class RunnerLost(Exception):
+    """The process a program ran in died under it (not the program's own failure)."""
 
-    def __init__(self) -> None:
-        check_host()  # a host that cannot sandbox fails the pool's start, not a tool call
 
-    def run(
+class ProgramRunner(Protocol):
+    """Runs one confined program at a time."""
+
+    async def ready(self) -> None:
+        """Resolves once the runner has checked its host; raises SandboxUnavailable if not."""
+        ...
+
+    async def run(
         self, code: str, limits: SandboxLimits, files: Mapping[str, str] | None
     ) -> SandboxResult:
-        return run_python(code, limits, files)
+        """The program's result; raises RunnerLost when the runner itself died."""
+        ...
+
+    def close(self) -> None: ...
 
 
-_RemoteSandboxWorker: Any = ray.remote(SandboxWorker)
+class RunnerFactory(Protocol):
+    def new(self) -> ProgramRunner:
+        """A runner that is starting (calls on it wait until it is ready)."""
+        ...
 
 
 class SandboxPool:
-    """`size` sandbox actors; `run` waits for an idle one, so at most `size` programs run at once.
+    """`size` runners; `run` waits for an idle one, so at most `size` programs run at once.
 
-    Use inside a running event loop: `async with SandboxPool(4) as pool: await pool.run(code)`.
+    Use inside a running event loop:
+    `async with SandboxPool(4, limits, runners) as pool: await pool.run(code)`.
     """
 
     def __init__(
-        self, size: int, limits: SandboxLimits = DEFAULT_LIMITS, *, cpus_per_sandbox: float = 1.0
+        self, size: int, limits: SandboxLimits = DEFAULT_LIMITS, *, runners: RunnerFactory
     ) -> None:
         if size < 1:
-            raise ValueError("a sandbox pool needs at least one actor")
+            raise ValueError("a sandbox pool needs at least one runner")
         self.size = size
         self.limits = limits
-        self._cpus_per_sandbox = cpus_per_sandbox
-        self._actors: list[ActorHandle] = []
-        self._idle: asyncio.Queue[ActorHandle] = asyncio.Queue()
+        self._factory = runners
+        self._runners: list[ProgramRunner] = []
+        self._idle: asyncio.Queue[ProgramRunner] = asyncio.Queue()
 
     async def start(self) -> None:
-        """Create the actors and wait until each has checked its host."""
-        self._actors = [self._new_actor() for _ in range(self.size)]
+        """Start the runners and wait until each has checked its host."""
+        self._runners = [self._factory.new() for _ in range(self.size)]
         try:
-            await asyncio.gather(*(actor.__ray_ready__.remote() for actor in self._actors))
-        except RayActorError as error:
+            await asyncio.gather(*(runner.ready() for runner in self._runners))
+        except BaseException:
             self.shutdown()
-            raise SandboxUnavailable(f"a sandbox actor failed to start: {error}") from error
-        for actor in self._actors:
-            self._idle.put_nowait(actor)
+            raise
+        for runner in self._runners:
+            self._idle.put_nowait(runner)
 
     async def run(
         self,
@@ -68,28 +76,28 @@ class SandboxPool:
         limits: SandboxLimits | None = None,
         files: Mapping[str, str] | None = None,
     ) -> SandboxResult:
-        if not self._actors:
+        if not self._runners:
             raise RuntimeError("start the SandboxPool before running programs in it")
-        actor = await self._idle.get()
+        runner = await self._idle.get()
         started = time.monotonic()
         try:
-            return await actor.run.remote(code, limits or self.limits, files)
-        except RayActorError as error:
-            actor = self._replace(actor)
+            return await runner.run(code, limits or self.limits, files)
+        except RunnerLost as error:
+            runner = self._replace(runner)
             return SandboxResult(
                 status="killed",
                 exit_code=None,
                 stdout="",
-                stderr=f"sandbox actor died: {error}",
+                stderr=f"sandbox runner died: {error}",
                 duration_s=round(time.monotonic() - started, 4),
             )
         finally:
-            self._idle.put_nowait(actor)
+            self._idle.put_nowait(runner)
 
     def shutdown(self) -> None:
-        for actor in self._actors:
-            ray.kill(actor)
-        self._actors = []
+        for runner in self._runners:
+            runner.close()
+        self._runners = []
 
     async def __aenter__(self) -> SandboxPool:
         await self.start()
@@ -103,11 +111,8 @@ class SandboxPool:
     ) -> None:
         self.shutdown()
 
-    def _new_actor(self) -> ActorHandle:
-        return _RemoteSandboxWorker.options(num_cpus=self._cpus_per_sandbox).remote()
-
-    def _replace(self, dead: ActorHandle) -> ActorHandle:
-        ray.kill(dead)
-        fresh = self._new_actor()
-        self._actors = [fresh if actor is dead else actor for actor in self._actors]
+    def _replace(self, dead: ProgramRunner) -> ProgramRunner:
+        dead.close()
+        fresh = self._factory.new()
+        self._runners = [fresh if runner is dead else runner for runner in self._runners]
         return fresh
