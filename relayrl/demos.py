@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayrl.errors import UserError
+
 PROMPT_ROLES = frozenset({"system", "user"})
 ENVIRONMENT_ROLES = frozenset({"tool", "user"})
 
 
-class DemoFormatError(ValueError):
+class DemoFormatError(UserError):
     """A demonstration file line that is not a valid conversation; the message says where."""
 
 
@@ -84,6 +86,8 @@ def conversation_problem(messages: Any) -> str | None:
         ):
             return f'message {index} must be {{"role": ..., "content": "<text>"}} and no more'
     roles = [message["role"] for message in messages]
+    if any(m["role"] == "assistant" and not m["content"] for m in messages):
+        return "an assistant message is empty (a turn samples at least one token)"
     if "assistant" not in roles:
         return "there is no assistant message"
     first = roles.index("assistant")
