@@ -24,10 +24,12 @@ import yaml
 from relayrl.cluster.redis_buffer import RedisStreamBuffer, read_buffer_location
 from relayrl.errors import JobConfigError
 from relayrl.learner.checkpoint import committed_ledger
+from relayrl.learner.discard import DiscardReason
 
 log = logging.getLogger(__name__)
 
 GROUP = "learner"
+_KNOWN_REASONS = {reason.value for reason in DiscardReason}
 
 
 @dataclass
@@ -35,23 +37,26 @@ class AuditReport:
     stream: str
     added: int | None  # entries ever added (None: a stream older than the counter)
     trained: int = 0
-    discarded: dict[str, int] = field(default_factory=dict)
+    discarded: dict[DiscardReason, int] = field(default_factory=dict)
     dead_lettered: int = 0
     pending: int = 0  # delivered, not booked by a committed step
     undelivered: int = 0
     awaiting_ack: int = 0  # booked by a committed step, acknowledgement not yet done
     duplicates: list[str] = field(default_factory=list)  # ids in more than one state or step
     unaccounted: list[str] = field(default_factory=list)  # entries in the stream in no state
+    # Entries a ledger discards under a reason no DiscardReason names: booked, but not known why.
+    unknown_reasons: dict[str, int] = field(default_factory=dict)
     missing: int = 0  # entries added but in no state (trimmed before being booked)
 
     @property
     def accounted(self) -> int:
-        booked = self.trained + sum(self.discarded.values())
+        discarded = sum(self.discarded.values()) + sum(self.unknown_reasons.values())
+        booked = self.trained + discarded
         return booked + self.dead_lettered + self.pending + self.undelivered
 
     @property
     def ok(self) -> bool:
-        return not (self.duplicates or self.unaccounted or self.missing)
+        return not (self.duplicates or self.unaccounted or self.missing or self.unknown_reasons)
 
     def lines(self) -> list[str]:
         discarded = ", ".join(f"{k} {v}" for k, v in sorted(self.discarded.items())) or "none"
@@ -66,6 +71,7 @@ class AuditReport:
             f"  awaiting ack   {self.awaiting_ack}",
             f"  duplicates     {len(self.duplicates)}" + _sample(self.duplicates),
             f"  unaccounted    {len(self.unaccounted) + self.missing}" + _sample(self.unaccounted),
+            *(f"  unknown reason {k!r}: {n}" for k, n in sorted(self.unknown_reasons.items())),
             "invariant holds" if self.ok else "INVARIANT VIOLATED",
         ]
 
@@ -125,16 +131,21 @@ def audit_stream(client: redis.Redis, stream: str, checkpoints: Path) -> AuditRe
         discarded_entries = record.get("discarded_entry_ids")
         if discarded_entries is None:  # a ledger written before entries were named by reason
             trained_entries = record["entry_ids"][: len(record["trajectory_ids"])]
-            discarded_entries = {"discarded": record["entry_ids"][len(trained_entries) :]}
+            discarded_entries = {DiscardReason.UNNAMED: record["entry_ids"][len(trained_entries) :]}
         else:
             named = {e for ids in discarded_entries.values() for e in ids}
             trained_entries = [e for e in record["entry_ids"] if e not in named]
         for entry_id in trained_entries:
             book(entry_id, "trained")
-        for reason, ids in discarded_entries.items():
+        for raw_reason, ids in discarded_entries.items():
             for entry_id in ids:
-                book(entry_id, f"discarded:{reason}")
-            report.discarded[reason] = report.discarded.get(reason, 0) + len(ids)
+                book(entry_id, f"discarded:{raw_reason}")
+            if raw_reason in _KNOWN_REASONS:
+                reason = DiscardReason(raw_reason)
+                report.discarded[reason] = report.discarded.get(reason, 0) + len(ids)
+            else:
+                unknown = report.unknown_reasons
+                unknown[raw_reason] = unknown.get(raw_reason, 0) + len(ids)
         report.trained += len(trained_entries)
         trained_trajectories.update(record["trajectory_ids"])
     duplicates += [t for t, n in trained_trajectories.items() if n > 1]

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from relayrl.learner.staleness import staleness_histogram
-from relayrl.trajectory import Trajectory
+from relayrl import metric_keys as keys
+from relayrl.learner.staleness import batch_staleness, staleness_histogram
+from relayrl.trajectory import EpisodeEnd, Trajectory
 
 
 def batch_metrics(trajectories: list[Trajectory], version: int) -> dict[str, Any]:
@@ -16,34 +17,34 @@ def batch_metrics(trajectories: list[Trajectory], version: int) -> dict[str, Any
     count = len(trajectories)
     rewards = np.array([t.reward for t in trajectories])
     lengths = np.array([t.num_sampled_tokens for t in trajectories])
-    sampled_versions = np.concatenate([t.sampled_versions() for t in trajectories])
-    if sampled_versions.size == 0:  # every token masked (void episodes): nothing is stale
-        sampled_versions = np.array([version])
-    staleness = version - sampled_versions
+    staleness = batch_staleness(trajectories, version)
+    if staleness.size == 0:  # every token masked (void episodes): nothing is stale
+        staleness = np.zeros(1, dtype=np.int64)
     ends = Counter(t.finish_reason for t in trajectories)
     metrics: dict[str, Any] = {
-        "reward/mean": float(rewards.mean()),
-        "reward/std": float(rewards.std()),
-        "response/length_mean": float(lengths.mean()),
-        "response/truncated_fraction": ends["length"] / count,
+        keys.REWARD_MEAN: float(rewards.mean()),
+        keys.REWARD_STD: float(rewards.std()),
+        keys.RESPONSE_LENGTH_MEAN: float(lengths.mean()),
+        keys.RESPONSE_TRUNCATED_FRACTION: ends[EpisodeEnd.LENGTH] / count,
         # Episodes in the batch (kept for their group's baseline) that train no token.
-        "episode/masked_fraction": float(np.mean(lengths == 0)),
-        "episode/turns_mean": float(np.mean([max(1, len(t.turns)) for t in trajectories])),
-        "staleness/max": int(staleness.max()),
-        "staleness/mean": float(staleness.mean()),
-        "batch/trajectories": count,
-        "batch/sampled_tokens": int(lengths.sum()),
-        "batch/total_tokens": int(sum(len(t.tokens) for t in trajectories)),
-        "batch/min_token_version": int(sampled_versions.min()),
+        keys.EPISODE_MASKED_FRACTION: float(np.mean(lengths == 0)),
+        keys.EPISODE_TURNS_MEAN: float(np.mean([max(1, len(t.turns)) for t in trajectories])),
+        keys.STALENESS_MAX: int(staleness.max()),
+        keys.STALENESS_MEAN: float(staleness.mean()),
+        keys.BATCH_TRAJECTORIES: count,
+        keys.BATCH_SAMPLED_TOKENS: int(lengths.sum()),
+        keys.BATCH_TOTAL_TOKENS: int(sum(len(t.tokens) for t in trajectories)),
+        keys.BATCH_MIN_TOKEN_VERSION: version - int(staleness.max()),
     }
-    metrics.update({f"episode/end_{reason}": n / count for reason, n in sorted(ends.items())})
+    metrics.update({keys.episode_end(end): n / count for end, n in sorted(ends.items())})
     # Episodes an environment failure ended (masked from the loss), in all and by cause.
-    causes = Counter(t.error or "unknown" for t in trajectories if t.finish_reason == "error")
-    metrics["episode/errors"] = sum(causes.values())
-    metrics.update({f"episode/errors/{cause}": n for cause, n in sorted(causes.items())})
+    failed = [t for t in trajectories if t.finish_reason == EpisodeEnd.ERROR]
+    causes = Counter(t.error or "unknown" for t in failed)
+    metrics[keys.EPISODE_ERRORS] = sum(causes.values())
+    metrics.update({keys.episode_error(cause): n for cause, n in sorted(causes.items())})
     channels = sorted({name for t in trajectories for name in t.reward_channels})
     for name in channels:
         values = [t.reward_channels.get(name, 0.0) for t in trajectories]
-        metrics[f"reward/{name}"] = float(np.mean(values))
+        metrics[keys.reward_channel(name)] = float(np.mean(values))
     metrics.update(staleness_histogram(trajectories, version))
     return metrics

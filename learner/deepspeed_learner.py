@@ -24,9 +24,10 @@ from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
 from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.learner.batching import pad_rows
+from relayrl.learner.discard import discard_metrics
 from relayrl.learner.engines import training_engine
 from relayrl.learner.full_state import full_state_dict
-from relayrl.learner.group_filter import DROPPED_METRIC, DROPPED_REASON, ZeroVarianceFilter
+from relayrl.learner.group_filter import ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
 from relayrl.learner.publishing import PolicyPublishing
 from relayrl.learner.memory_metrics import learner_memory_metrics
@@ -230,10 +231,7 @@ class DeepSpeedLearner:
             # Booking the trained batch frees its admission slots: only once the policy that
             # replaces the one it was sampled from is published, or workers would start the
             # next batch on the old weights.
-            discarded = self.intake.record_step(self.step, entries)
-            metrics.update({f"discarded/{reason}": n for reason, n in discarded.items()})
-            metrics["discarded/total"] = sum(discarded.values())
-            metrics[DROPPED_METRIC] = discarded.get(DROPPED_REASON, 0)
+            metrics.update(discard_metrics(self.intake.record_step(self.step, entries)))
         metrics.update(
             {
                 "step": self.step,

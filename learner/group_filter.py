@@ -1,5 +1,6 @@
 """DAPO dynamic sampling at read time: a group whose (shaped) rewards do not vary has zero
-group-relative advantage, so it is discarded and the intake reads another in its place."""
+group-relative advantage, so it is discarded (`DiscardReason.ZERO_VARIANCE`) and the intake
+reads another in its place."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ from relayrl.buffer import BufferEntry
 from relayrl.learner.algorithms.filters import dynamic_sampling_keep_mask
 from relayrl.learner.rewards import shaped_rewards
 
-# The ledger's discard reason, and the metric the driver refills admission from.
-DROPPED_REASON = "dynamic_sampling"
-DROPPED_METRIC = "filter/dropped_trajectories"
-
 
 class ZeroVarianceFilter:
     def __init__(
         self, config: DynamicSamplingConfig, overlong: OverlongConfig | None, group_size: int
     ) -> None:
         if group_size < 2:
-            raise ValueError("dynamic sampling needs rollout.group_size >= 2: it drops every group")
+            raise ValueError(
+                "dynamic sampling needs rollout.group_size >= 2: it discards every group"
+            )
         self.config = config
         self.overlong = overlong
 

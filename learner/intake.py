@@ -26,7 +26,8 @@ from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.faults import fault_point
 from relayrl.learner import checkpoint
 from relayrl.learner.batching import GroupAssembler
-from relayrl.learner.group_filter import DROPPED_REASON, ZeroVarianceFilter
+from relayrl.learner.discard import DiscardReason
+from relayrl.learner.group_filter import ZeroVarianceFilter
 from relayrl.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,6 @@ MAX_STEP_ATTEMPTS = 3
 # In the checkpoint folder: the batch being trained and the failed attempts per entry.
 IN_FLIGHT_FILE = "in_flight.json"
 
-DUPLICATE = "duplicate"
-STALE = "stale"
-# The rest of a group one of whose members was dead-lettered: it can never be complete.
-INCOMPLETE_GROUP = "incomplete_group"
-# Sampled by a policy newer than the trained one: a crash threw that policy's steps away.
-LOST_TIMELINE = "lost_timeline"
-
 
 class BatchTimeoutError(RuntimeError):
     """No complete batch arrived in time: the rollout side is stalled or dead."""
@@ -56,8 +50,8 @@ class StepRecord:
     step: int
     entry_ids: list[str] = field(default_factory=list)  # everything this step acknowledges
     trajectory_ids: list[str] = field(default_factory=list)  # trained on
-    discarded: dict[str, list[str]] = field(default_factory=dict)  # reason -> trajectory ids
-    discarded_entry_ids: dict[str, list[str]] = field(default_factory=dict)  # reason -> entries
+    discarded: dict[DiscardReason, list[str]] = field(default_factory=dict)  # -> trajectories
+    discarded_entry_ids: dict[DiscardReason, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,7 +111,7 @@ class BatchIntake:
         self._held: dict[str, str | None] = {}
         self._held_trajectories: set[str] = set()
         self.uncommitted: list[StepRecord] = []
-        self._discards: list[tuple[BufferEntry, str]] = []
+        self._discards: list[tuple[BufferEntry, DiscardReason]] = []
         self._failures: dict[str, int] = {}  # entry id -> failed steps it was trained in
         self._broken_groups: set[str] = set()  # groups with a dead-lettered member
         self._started = False
@@ -194,7 +188,7 @@ class BatchIntake:
                 continue
             if trajectory_id in self.seen_ids or trajectory_id in self._held_trajectories:
                 self._held[entry_id] = None
-                self._discards.append((entry, DUPLICATE))
+                self._discards.append((entry, DiscardReason.DUPLICATE))
                 duplicates += 1
             else:
                 self._held[entry_id] = trajectory_id
@@ -207,7 +201,7 @@ class BatchIntake:
         for group_id in broken:
             orphans += self.assembler.remove_group(group_id)
         if orphans:
-            self._drop(orphans, INCOMPLETE_GROUP)
+            self._discard(orphans, DiscardReason.INCOMPLETE_GROUP)
         if committed:
             self.consumer.ack(committed)
         self.consumer.book(duplicates)
@@ -226,8 +220,8 @@ class BatchIntake:
     def _too_stale(self, group: list[BufferEntry], version: int) -> bool:
         if self.max_staleness is None:
             return False
-        oldest = min(int(e.trajectory.sampled_versions().min(initial=version)) for e in group)
-        return version - oldest > self.max_staleness
+        stalest = max(int(e.trajectory.staleness(version).max(initial=0)) for e in group)
+        return stalest > self.max_staleness
 
     @staticmethod
     def _from_lost_timeline(group: list[BufferEntry], version: int) -> bool:
@@ -255,24 +249,24 @@ class BatchIntake:
                 )
                 continue
             if self._from_lost_timeline(group, version):
-                self._drop(group, LOST_TIMELINE)
+                self._discard(group, DiscardReason.LOST_TIMELINE)
             elif self._too_stale(group, version):
-                self._drop(group, STALE)
+                self._discard(group, DiscardReason.STALE)
             elif self.group_filter is not None and not self.group_filter.keeps(group):
-                self._drop(group, DROPPED_REASON)
+                self._discard(group, DiscardReason.ZERO_VARIANCE)
             else:
                 batch.extend(group)
         self._save_in_flight(batch)
         return batch
 
-    def _drop(self, group: list[BufferEntry], reason: str) -> None:
+    def _discard(self, group: list[BufferEntry], reason: DiscardReason) -> None:
         self._discards.extend((entry, reason) for entry in group)
         self.consumer.book(len(group))
         self._notify(len(group))
 
     # ---- booking and committing ----------------------------------------------------------
 
-    def record_step(self, step: int, trained: list[BufferEntry]) -> dict[str, int]:
+    def record_step(self, step: int, trained: list[BufferEntry]) -> dict[DiscardReason, int]:
         """Book a finished step; returns discard counts by reason (for metrics)."""
         record = StepRecord(step)
         for entry in trained:
@@ -317,5 +311,5 @@ class BatchIntake:
     def _remember(self, trained: list[str], discarded: dict[str, list[str]]) -> None:
         self.seen_ids.update(trained)
         for reason, trajectory_ids in discarded.items():
-            if reason != DUPLICATE:
+            if reason != DiscardReason.DUPLICATE:
                 self.seen_ids.update(trajectory_ids)

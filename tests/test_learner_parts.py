@@ -22,7 +22,8 @@ from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.learner.batching import pad_rows
 from relayrl.learner.checkpoint import read_ledger
-from relayrl.learner.group_filter import DROPPED_REASON, ZeroVarianceFilter
+from relayrl.learner.discard import DiscardReason
+from relayrl.learner.group_filter import ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
 from relayrl.learner.micro_batches import MicroBatch, micro_batch_tensors, rank_rows
 from relayrl.learner.off_policy import OffPolicyCorrection
@@ -84,12 +85,12 @@ def test_intake_drops_flat_groups_refills_and_books_them(redis_server, tmp_path:
     buffer.push([traj("good", 1.0, traj_id="g1"), traj("good", 0.0, traj_id="g2")])
     batch = intake.next_batch(version=0)
     assert [e.trajectory.id for e in batch] == ["g1", "g2"]
-    assert intake.record_step(1, batch) == {DROPPED_REASON: 2}
+    assert intake.record_step(1, batch) == {DiscardReason.ZERO_VARIANCE: 2}
     intake.write_ledger(tmp_path)
     assert intake.acknowledge() == 4
     (record,) = read_ledger(tmp_path)
     assert record["trajectory_ids"] == ["g1", "g2"]
-    assert record["discarded"] == {DROPPED_REASON: ["f1", "f2"]}
+    assert record["discarded"] == {DiscardReason.ZERO_VARIANCE: ["f1", "f2"]}
 
 
 def test_kl_in_the_reward_becomes_per_token_rewards_from_the_proximal_policy() -> None:
