@@ -19,6 +19,7 @@ from relayrl.actors.engine import Engine
 from relayrl.actors.episode import EpisodeOutcome
 from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Env, Task
+from relayrl.errors import JobConfigError
 
 DEFAULT_WORKFLOW = "relayrl.actors.agent_loop:AgentLoop"
 
@@ -48,7 +49,7 @@ class RolloutWorkflow(Protocol):
         ...
 
 
-class WorkflowTargetError(ValueError):
+class WorkflowTargetError(JobConfigError):
     """`rollout.workflow` does not name a usable workflow class."""
 
 

@@ -20,6 +20,7 @@ from relayrl.demos import Demonstration
 from relayrl.envs.base import EnvSpec, Message, Task
 from relayrl.envs.demo_solvers import countdown_expression, math_program
 from relayrl.envs.registry import resolve_env
+from relayrl.errors import UserError
 
 Builder = Callable[[BaseModel, Task, list[str]], str | None]
 
@@ -28,7 +29,7 @@ _RESULT_BODY = re.compile(r"```output\n(.*)\n```|<tool_response>\n(.*)\n</tool_r
 MAX_DEMO_TURNS = 4
 
 
-class NoDemoBuilderError(ValueError):
+class NoDemoBuilderError(UserError):
     """The environment has no demonstration builder."""
 
 

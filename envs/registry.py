@@ -8,18 +8,20 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from relayrl.envs.base import EnvSpec, spec_from_class
+from relayrl.errors import JobConfigError
 
 _REGISTRY: dict[str, EnvSpec] = {}
 _BUILTIN_MODULES = (
     "relayrl.envs.arithmetic",
     "relayrl.envs.countdown",
+    "relayrl.envs.dataset_env",
     "relayrl.envs.math_feedback",
     "relayrl.envs.math_python",
     "relayrl.envs.text_to_sql",
 )
 
 
-class EnvConfigError(ValueError):
+class EnvConfigError(JobConfigError):
     """The environment name or its parameters are wrong; the message says which."""
 
 

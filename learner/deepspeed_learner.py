@@ -20,6 +20,7 @@ import torch.distributed as dist
 from relayrl.admission import SampleRefill
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.config import JobConfig
+from relayrl.errors import JobConfigError
 from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
 from relayrl.learner.batch_metrics import batch_metrics
@@ -29,10 +30,10 @@ from relayrl.learner.engines import training_engine
 from relayrl.learner.full_state import full_state_dict
 from relayrl.learner.group_filter import ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
-from relayrl.learner.publishing import PolicyPublishing
 from relayrl.learner.memory_metrics import learner_memory_metrics
 from relayrl.learner.micro_batches import rank_micro_batches
 from relayrl.learner.off_policy import OffPolicyCorrection
+from relayrl.learner.publishing import PolicyPublishing
 from relayrl.learner.reference import ReferenceModel
 from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES, Scorer, score_batch
@@ -48,8 +49,9 @@ log = logging.getLogger(__name__)
 COLLECTIVE_SLACK_S = 900.0
 
 
-class LearnerDeviceError(RuntimeError):
-    """A GPU learner rank found no usable CUDA device."""
+class LearnerDeviceError(JobConfigError):
+    """A GPU learner rank found no usable CUDA device: learner.gpus_per_rank or the install
+    must change."""
 
 
 def learner_device(gpus_per_rank: int, cuda_available: bool, cuda_build: str | None) -> str:

@@ -9,12 +9,12 @@ import signal
 import sys
 from types import FrameType
 
+from relayrl.cli_config import add_config_command
 from relayrl.cli_eval import add_eval_command
-from relayrl.config_loader import ConfigError, load_config
-from relayrl.errors import JobConfigError
-from relayrl.models import ModelNotFoundError
+from relayrl.config_loader import load_config
+from relayrl.errors import JobConfigError, UserError
 
-EXIT_CONFIG_ERROR = 2
+EXIT_USER_ERROR = 2
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(handler=_sandbox)
     add_eval_command(commands)
+    add_config_command(commands)
     return parser
 
 
@@ -127,11 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except ConfigError as exc:
-        print(f"relayrl: {exc}", file=sys.stderr)
-    except (JobConfigError, ModelNotFoundError) as exc:
-        print(f"relayrl: config error: {exc}", file=sys.stderr)
-    return EXIT_CONFIG_ERROR
+    except UserError as exc:
+        kind = "config error: " if isinstance(exc, JobConfigError) else ""
+        print(f"relayrl: {kind}{exc}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -9,30 +9,27 @@ import yaml
 from pydantic import ValidationError
 
 from relayrl.config import JobConfig
-
-
-class ConfigError(Exception):
-    """A configuration the user must fix; the message names the field."""
+from relayrl.errors import JobConfigError
 
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as a YAML scalar or list."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {assignment!r}: expected key.sub=value")
+        raise JobConfigError(f"override {assignment!r}: expected key.sub=value")
     parts = key.strip().split(".")
     node = tree
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {assignment!r}: {where} is not a section")
+            raise JobConfigError(f"override {assignment!r}: {where} is not a section")
         node = child
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "parse error"
-        raise ConfigError(
+        raise JobConfigError(
             f"override {assignment!r}: value is not valid YAML ({problem}); quote it"
         ) from None
 
@@ -60,16 +57,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+            raise JobConfigError(f"cannot read config {path}: {exc.strerror}") from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or "parse error"
-            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+            raise JobConfigError(f"{path}: not valid YAML{where}: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+            raise JobConfigError(f"{path}: top level must be a mapping of sections")
         tree = loaded or {}
     for assignment in overrides:
         apply_override(tree, assignment)
@@ -77,4 +74,4 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         return JobConfig.model_validate(tree)
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors()]
-        raise ConfigError("config error: " + "; ".join(lines)) from None
+        raise JobConfigError("; ".join(lines)) from None

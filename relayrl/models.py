@@ -10,10 +10,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from relayrl.errors import JobConfigError
+
 log = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(JobConfigError):
     """`model.path` is neither a model folder nor a built-in name."""
 
 

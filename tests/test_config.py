@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from relayrl.config_loader import ConfigError, load_config
+from relayrl.config import JobConfig
+from relayrl.config_loader import load_config
+from relayrl.errors import JobConfigError, RelayrlError, UserError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -62,24 +66,24 @@ def test_bad_env_params_exit_2_before_anything_starts(tmp_path: Path) -> None:
 
 
 def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(JobConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("trainer: {steps: 3\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
+    with pytest.raises(JobConfigError, match="not valid YAML at line"):
         load_config(broken)
     listed = tmp_path / "list.yaml"
     listed.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="mapping"):
+    with pytest.raises(JobConfigError, match="mapping"):
         load_config(listed)
-    with pytest.raises(ConfigError, match=r"key\.sub=value"):
+    with pytest.raises(JobConfigError, match=r"key\.sub=value"):
         load_config(None, ["novalue"])
-    with pytest.raises(ConfigError, match="not a section"):
+    with pytest.raises(JobConfigError, match="not a section"):
         load_config(None, ["trainer.steps=3", "trainer.steps.x=1"])
 
 
 def test_buffer_too_small_for_backlog_is_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"buffer: .*maxlen|maxlen"):
+    with pytest.raises(JobConfigError, match=r"buffer: .*maxlen|maxlen"):
         load_config(None, ["buffer.maxlen=1000", "trainer.prompts_per_step=500"])
 
 
@@ -96,19 +100,19 @@ NCCL_READY = [
 def test_gpu_placement_and_weight_transport_are_checked_together() -> None:
     config = load_config(None, NCCL_READY)
     assert config.rollout.vllm.tensor_parallel_size == 2
-    with pytest.raises(ConfigError, match=r"nccl needs learner\.gpus_per_rank: 1;"):
+    with pytest.raises(JobConfigError, match=r"nccl needs learner\.gpus_per_rank: 1;"):
         load_config(None, [*NCCL_READY, "learner.gpus_per_rank=0"])
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(JobConfigError) as refused:
         load_config(None, ["rollout.weight_transport=nccl"])
     for needed in ("rollout.engine: vllm", "gpus_per_worker", "gpus_per_rank", "interrupt"):
         assert needed in str(refused.value)
-    with pytest.raises(ConfigError, match=r"below rollout\.vllm\.tensor_parallel_size 2"):
+    with pytest.raises(JobConfigError, match=r"below rollout\.vllm\.tensor_parallel_size 2"):
         load_config(None, [*NCCL_READY, "rollout.gpus_per_worker=1"])
-    with pytest.raises(ConfigError, match="transformers engine samples on CPU"):
+    with pytest.raises(JobConfigError, match="transformers engine samples on CPU"):
         load_config(None, ["rollout.gpus_per_worker=1"])
-    with pytest.raises(ConfigError, match=r"max_model_len 512 is below .*max_total_tokens 2048"):
+    with pytest.raises(JobConfigError, match=r"max_model_len 512 is below .*max_total_tokens 2048"):
         load_config(None, [*NCCL_READY, "rollout.vllm.max_model_len=512"])
-    with pytest.raises(ConfigError, match=r"rollout\.vllm\.tp: unknown field"):
+    with pytest.raises(JobConfigError, match=r"rollout\.vllm\.tp: unknown field"):
         load_config(None, ["rollout.vllm.tp=2"])
 
 
@@ -150,7 +154,7 @@ def test_buffer_url_password_is_redacted_from_every_dump() -> None:
     ],
 )
 def test_buffer_url_and_password_sources_are_checked(overrides: list[str], expected: str) -> None:
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(JobConfigError) as refused:
         load_config(None, overrides)
     assert expected in str(refused.value)
     assert ":pw@" not in str(refused.value)
@@ -158,5 +162,97 @@ def test_buffer_url_and_password_sources_are_checked(overrides: list[str], expec
 
 def test_output_dir_substitutes_only_the_job_name() -> None:
     assert load_config(None, ["name=j1", "output.dir='runs/{name}/a'"]).output_dir == "runs/j1/a"
-    with pytest.raises(ConfigError, match=r"output\.dir: .*only \{name\} may be substituted"):
+    with pytest.raises(JobConfigError, match=r"output\.dir: .*only \{name\} may be substituted"):
         load_config(None, ["output.dir='runs/{job}'"])
+
+
+def test_the_schema_documents_every_field_of_every_section() -> None:
+    result = run_cli("config", "--schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    models = [schema, *schema["$defs"].values()]
+    fields = {
+        f"{model.get('title')}.{name}": spec
+        for model in models
+        for name, spec in model.get("properties", {}).items()
+    }
+    assert "RolloutConfig.max_concurrent_groups" in fields and "KLConfig.coef" in fields
+    assert [name for name, spec in fields.items() if not spec.get("description")] == []
+    assert fields["LearnerConfig.zero_stage"]["enum"] == [0, 1, 2, 3]  # Literal types survive
+
+
+def test_show_prints_the_resolved_config_with_defaults_and_overrides() -> None:
+    result = run_cli(
+        "config", "--show", str(EXAMPLES / "quickstart.yaml"), "--set", "trainer.steps=3",
+        "--set", "buffer.url=redis://:secret@h:6379/0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["trainer"]["steps"] == 3
+    assert shown["learner"]["algorithm"]["loss"]["eps_low"] == 0.2  # a default the file omits
+    assert "secret" not in result.stdout
+    expected = load_config(EXAMPLES / "quickstart.yaml", ["trainer.steps=3"])
+    del shown["buffer"]["url"]
+    assert JobConfig.model_validate(shown) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--show", str(EXAMPLES / "quickstart.yaml"), "--set", "trainer.stps=3"), "trainer.stps"),
+        (("--show", "no-such.yaml"), "cannot read config"),
+        ((), "give --schema, or --show CONFIG"),
+        (("--schema", "--set", "trainer.steps=3"), "--schema takes no config"),
+    ],
+)
+def test_config_command_refuses_with_one_line_and_exit_2(
+    args: tuple[str, ...], expected: str
+) -> None:
+    result = run_cli("config", *args)
+    assert result.returncode == 2
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_derived_values_are_properties_of_the_config() -> None:
+    config = load_config(
+        None,
+        [
+            "rollout.cpus_per_worker=2.5",
+            "learner.cpus_per_rank=0.5",
+            "trainer.prompts_per_step=6",
+            "rollout.vllm.weight_bucket_mib=3",
+            "rollout.vllm.cpu_kv_cache_gib=0.5",
+            "learner.batch_timeout_s=10",
+            "rollout.vllm.weight_sync_timeout_s=5",
+            "output.dir=/runs/x",
+        ],
+    )
+    assert config.rollout.torch_thread_count == 2  # whole cores of 2.5 CPUs
+    assert config.learner.torch_thread_count == 1  # at least one
+    assert config.concurrent_groups == 6  # auto: one learner batch
+    assert config.rollout.vllm.weight_bucket_bytes == 3 << 20
+    assert config.rollout.vllm.cpu_kv_cache_bytes == 1 << 29
+    assert config.weight_wait_s == 15.0
+    assert config.checkpoint_dir == Path("/runs/x/checkpoints")
+    assert config.local_cpus == 7  # 0.5 + 2 * 2.5 rounded up, plus one for the driver
+    assert config.trainer.rollout_seed(0) == 0 != config.trainer.rollout_seed(3)
+    fixed = load_config(
+        None, ["rollout.torch_threads=3", "rollout.max_concurrent_groups=2", "ray.num_cpus=9"]
+    )
+    assert (fixed.rollout.torch_thread_count, fixed.concurrent_groups) == (3, 2)
+    assert fixed.local_cpus == 9
+
+
+def test_every_user_error_is_one_kind_and_the_cli_maps_it_to_exit_2(tmp_path: Path) -> None:
+    from relayrl.envs.registry import EnvConfigError
+    from relayrl.models import ModelNotFoundError
+
+    assert issubclass(JobConfigError, UserError) and issubclass(UserError, RelayrlError)
+    assert issubclass(ModelNotFoundError, JobConfigError)
+    assert issubclass(EnvConfigError, JobConfigError)
+    result = run_cli(
+        "train", str(EXAMPLES / "quickstart.yaml"), "--set", f"model.path={tmp_path / 'none'}",
+        "--set", f"output.dir={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

@@ -7,12 +7,14 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from relayrl.errors import UserError
+
 SANDBOX_PYTHON = "/usr/bin/python3"
 # Bound read-only into every sandbox; tools used inside it must live here.
 SYSTEM_PREFIX = "/usr"
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError):
     """The host cannot run sandboxes; the message says what to install or enable."""
 
 
