@@ -29,6 +29,7 @@ from relayrl.cluster.session_guard import (
     end_session_left_behind,
     local_session_dir,
 )
+from relayrl.cluster.sft_stage import run_sft_stage
 from relayrl.cluster.shared_output import check_shared_output
 from relayrl.cluster.weights.transport import build_weight_transport
 from relayrl.config import JobConfig
@@ -169,13 +170,17 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
             state = learner.restore(str(restored))
             step, version = state["step"], state["version"]
             log.info("resumed from %s (step %d, policy version %d)", restored, step, version)
+        # Before any worker starts: workers start from the fine-tuned weights, never sample
+        # the base model into the buffer.
+        sft_model = run_sft_stage(config, learner, resume, restored)
+        worker_model = str(sft_model) if sft_model is not None else model_path
         learner.publish()
         # Admission counts the stream's unbooked entries; a lost learner's bookings are void.
         buffer.reset_booked()
         ray.get(controller.set_version.remote(version), timeout=CALL_TIMEOUT_S)
         fleet = RolloutFleet(
             config,
-            model_path,
+            worker_model,
             step,
             buffer,
             weights.subscriber,

@@ -83,6 +83,10 @@ class LearnerGroup:
     def restore(self, folder: str) -> dict[str, Any]:
         return self._all("restore", folder)[0]
 
+    def call(self, method: str, *args: Any) -> Any:
+        """Rank 0's answer to `method` called on every rank (the SFT stage's calls)."""
+        return self._all(method, *args)[0]
+
     def kill(self) -> None:
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
