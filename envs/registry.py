@@ -15,7 +15,6 @@ _BUILTIN_MODULES = (
     "relayrl.envs.arithmetic",
     "relayrl.envs.countdown",
     "relayrl.envs.dataset_env",
-    "relayrl.envs.dataset_env",
     "relayrl.envs.math_feedback",
     "relayrl.envs.math_python",
     "relayrl.envs.text_to_sql",
