@@ -142,7 +142,6 @@ def learner_profile(
     model: str, micro_tokens: int, sequences: int, length: int, checkpointing: bool
 ) -> None:
     """One learner rank, `sequences` rows of `length` tokens per step; prints JSON rows."""
-    import socket
 
     import numpy as np
     import torch
@@ -154,6 +153,7 @@ def learner_profile(
     from relayrl.learner.full_state import full_state_dict
     from relayrl.learner.micro_batches import rank_micro_batches
     from relayrl.learner.rewards import advantage_inputs
+    from relayrl.ports import free_port
     from relayrl.trajectory import Trajectory
     from relayrl.weights import checksum
 
@@ -169,11 +169,8 @@ def learner_profile(
         ],
     )
     _phase("imports", rows, started)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     learner = DeepSpeedLearner(config, model, 0, None, None)
-    learner.setup("127.0.0.1", port)
+    learner.setup("127.0.0.1", free_port())
     _phase("model load + DeepSpeed init", rows, started)
     rng = np.random.default_rng(0)
     vocab = learner.engine.module.config.vocab_size

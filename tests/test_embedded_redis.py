@@ -24,9 +24,9 @@ from relayrl.cluster.embedded_redis import (
     RedisUnavailableError,
     _servers_in,
     find_redis_server,
-    free_port,
 )
 from relayrl.cluster.stray_processes import end_process, is_running
+from relayrl.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

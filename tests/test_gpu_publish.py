@@ -3,7 +3,6 @@ copy to the host and back, no checksum pass over the bytes."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from relayrl.learner.deepspeed_learner import DeepSpeedLearner
+from relayrl.ports import free_port
 from relayrl.weights import WeightVersion
 from tests.learner_data import learner_config
 
@@ -36,9 +36,7 @@ class RecordingPush:
 def test_a_push_publisher_gets_the_live_gpu_parameters(
     tiny_model_path: str, tmp_path: Path
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = learner_config(str(tmp_path), {"learner.gpus_per_rank": 1})
     publisher = RecordingPush()
     learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=publisher)

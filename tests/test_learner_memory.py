@@ -5,7 +5,6 @@ job reports."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,6 +28,7 @@ from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.token_scores import token_scores
 from relayrl.models import cache_root
+from relayrl.ports import free_port
 from relayrl.process_memory import process_memory
 from tests.learner_data import TrajectoryMaker, learner_config
 
@@ -196,10 +196,7 @@ def test_a_deepspeed_step_from_hidden_states_matches_the_full_logits_step(
     )
     trajectories = TrajectoryMaker(tiny_model_path).group([1.0, 0.0, 0.0, 1.0], 4, 6)
     learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    learner.setup("127.0.0.1", port)
+    learner.setup("127.0.0.1", free_port())
     assert learner.update is not None
     plan = rank_micro_batches(trajectories, 0, 1, config.learner.micro_batch_tokens)
     assert len(plan) == 2

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relayrl.cluster.embedded_redis import EmbeddedRedis, free_port
+from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.preflight import check_buffer
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.redis_password import RedisPassword
 from relayrl.config_loader import load_config
 from relayrl.errors import JobConfigError
+from relayrl.ports import free_port
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 SECRET = "s3cret-Pa55word"

@@ -7,7 +7,6 @@ own processes, so it lives in a module fixture and is driven from one event-loop
 from __future__ import annotations
 
 import copy
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -23,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.vllm_engine import VLLMEngine, WeightSyncError
 from relayrl.config import VLLMConfig
+from relayrl.ports import free_port
 from tests.engine_harness import CALL_TIMEOUT_S, EngineLoop
 from tests.engine_harness import LOGPROB_ATOL as ENGINE_LOGPROB_ATOL
 
@@ -305,7 +305,7 @@ def test_nccl_weight_transfer_loads_the_broadcast_weights(
             _LoopReceiver(loop, engine),
             new_state,
             master_address="127.0.0.1",
-            master_port=_free_port(),
+            master_port=free_port(),
             engine_world_size=1,
             bucket_bytes=1 << 20,
             timeout_s=120,
@@ -340,9 +340,3 @@ class _LoopReceiver:
 
     def finish_weight_transfer(self, version: int) -> None:
         self._loop.run(self._engine.finish_weight_transfer(version))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

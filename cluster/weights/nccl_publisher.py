@@ -13,7 +13,6 @@ store only after delivery.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ import torch
 
 from relayrl.cluster.weights.fan_out import Pair, fan_out
 from relayrl.cluster.weights.roster import EngineMember, RosterClient
+from relayrl.ports import ALL_INTERFACES, free_port
 from relayrl.weight_buckets import StateBuckets
 from relayrl.weights import PushReport, TensorMeta, WeightBuckets, WeightVersion
 
@@ -46,12 +46,6 @@ def kill_engine_worker(member: EngineMember) -> None:
     ray.kill(member.receiver, no_restart=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 def nccl_sender(
     member: EngineMember, metadata: list[TensorMeta], *, bucket_bytes: int, timeout_s: float
 ) -> Sender:
@@ -62,7 +56,7 @@ def nccl_sender(
         RayEngineReceiver(member.receiver, timeout_s, name=member.worker_id),
         metadata,
         master_address=ray.util.get_node_ip_address(),
-        master_port=_free_port(),
+        master_port=free_port(ALL_INTERFACES),
         engine_world_size=member.world_size,
         bucket_bytes=bucket_bytes,
         timeout_s=timeout_s,
