@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import numpy as np
-
 from relayrl.cluster.controller import AdmissionState
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.trajectory import Trajectory
+from tests.trajectories import trajectory
 
 
 def test_synchronous_mode_admits_one_batch_until_the_learner_books_it() -> None:
@@ -51,15 +50,7 @@ def test_failed_samples_give_their_slots_back() -> None:
 
 
 def _traj() -> Trajectory:
-    return Trajectory(
-        group_id="g",
-        tokens=np.arange(3),
-        prompt_len=1,
-        loss_mask=[0, 1, 1],
-        logprobs=[0, -1, -1],
-        versions=[-1, 0, 0],
-        reward=0.0,
-    )
+    return trajectory(sampled=2)
 
 
 def test_backlog_counts_unbooked_stream_entries(redis_server) -> None:

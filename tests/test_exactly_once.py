@@ -27,20 +27,18 @@ from relayrl.learner import checkpoint
 from relayrl.learner.intake import IN_FLIGHT_FILE, MAX_STEP_ATTEMPTS, BatchIntake
 from relayrl.trajectory import Trajectory, encode
 from tests.fault_proxy import FaultProxy
+from tests.trajectories import trajectory
 
 STREAM = "once:stream"
 
 
 def traj(group: str, traj_id: str, version: int = 0, tokens: list[int] | None = None):
-    return Trajectory(
-        group_id=group,
-        tokens=np.array(tokens or [1, 2, 3, 4]),
-        prompt_len=1,
-        loss_mask=[0, 1, 1, 1],
-        logprobs=[0, -1, -1, -1],
-        versions=[-1, version, version, version],
+    return trajectory(
+        group,
+        version=version,
+        tokens=tokens or [1, 2, 3, 4],
         reward=float(len(traj_id)),
-        id=traj_id,
+        traj_id=traj_id,
     )
 
 

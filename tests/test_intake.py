@@ -2,27 +2,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.learner.intake import BatchIntake, BatchTimeoutError
 from relayrl.trajectory import Trajectory
+from tests.trajectories import trajectory
 
 
 def traj(group: str, version: int, traj_id: str | None = None) -> Trajectory:
-    extra = {"id": traj_id} if traj_id else {}
-    return Trajectory(
-        group_id=group,
-        tokens=np.arange(4),
-        prompt_len=1,
-        loss_mask=[0, 1, 1, 1],
-        logprobs=[0, -1, -1, -1],
-        versions=[-1, version, version, version],
-        reward=float(version),
-        **extra,
-    )
+    return trajectory(group, version=version, reward=float(version), traj_id=traj_id)
 
 
 def make_intake(url: str, max_staleness: int | None = 1, timeout: float = 2.0):

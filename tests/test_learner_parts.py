@@ -7,7 +7,6 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,21 +30,14 @@ from relayrl.learner.rewards import advantage_inputs, shaped_rewards
 from relayrl.learner.scoring import PROXIMAL, REFERENCE
 from relayrl.learner.staleness import staleness_histogram
 from relayrl.trajectory import Trajectory, Turn
+from tests.trajectories import trajectory
 
 
 def traj(
     group: str, reward: float, sampled: int = 3, version: int = 0, traj_id: str | None = None
 ) -> Trajectory:
-    extra = {"id": traj_id} if traj_id else {}
-    return Trajectory(
-        group_id=group,
-        tokens=np.arange(2 + sampled),
-        prompt_len=2,
-        loss_mask=[0, 0] + [1] * sampled,
-        logprobs=[0, 0] + [-1.0] * sampled,
-        versions=[-1, -1] + [version] * sampled,
-        reward=reward,
-        **extra,
+    return trajectory(
+        group, prompt_len=2, sampled=sampled, version=version, reward=reward, traj_id=traj_id
     )
 
 

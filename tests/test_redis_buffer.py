@@ -1,22 +1,14 @@
 from __future__ import annotations
 
-import numpy as np
 import redis
 
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD, RedisStreamBuffer
 from relayrl.trajectory import Trajectory
+from tests.trajectories import trajectory
 
 
 def traj(group: str = "g") -> Trajectory:
-    return Trajectory(
-        group_id=group,
-        tokens=np.arange(5),
-        prompt_len=2,
-        loss_mask=[0, 0, 1, 1, 1],
-        logprobs=[0, 0, -1, -1, -1],
-        versions=[-1, -1, 0, 0, 0],
-        reward=1.0,
-    )
+    return trajectory(group, prompt_len=2, reward=1.0)
 
 
 def make_buffer(url: str, **kwargs) -> RedisStreamBuffer:
