@@ -38,8 +38,12 @@ def test_interrupted_samples_continue_under_the_new_weights(tiny_model_path) -> 
 
     published = {"version": 0}
     updates = []
+    sampling = asyncio.Event()
 
     async def latest_version() -> int:
+        # Both samples are in the running batch by the watcher's first poll.
+        if inner.peak_rows >= 2:
+            sampling.set()
         return published["version"]
 
     async def update() -> None:
@@ -53,14 +57,10 @@ def test_interrupted_samples_continue_under_the_new_weights(tiny_model_path) -> 
     settings = SamplingSettings(max_new_tokens=600, temperature=1.0)
 
     async def scenario():
-        async def publish_soon():
-            await asyncio.sleep(0.3)
-            published["version"] = 1
-
-        publisher = asyncio.create_task(publish_soon())
-        completions = await engine.generate(prompt, settings, n=2)
-        await publisher
-        return completions
+        call = asyncio.create_task(engine.generate(prompt, settings, n=2))
+        await sampling.wait()
+        published["version"] = 1
+        return await call
 
     completions = asyncio.run(scenario())
     assert engine.interruptions == 1 and updates == [1]
