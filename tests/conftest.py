@@ -42,6 +42,15 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(target)
 
 
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    """A local two-CPU Ray for the tests of one module, stopped after them."""
+    from relayrl.cluster.ray_runtime import ray_session
+
+    with ray_session(2):
+        yield
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator:
     from relayrl.cluster.embedded_redis import EmbeddedRedis

@@ -1,8 +1,12 @@
-"""Shared pieces of the whole-job tests: a job run against its own Redis, and the stream
-audit that says where every pushed entry ended up."""
+"""Shared pieces of the whole-job tests: a job run against its own Redis (in process, or as
+a `relayrl train` subprocess), the processes it started, and the stream audit that says
+where every pushed entry ended up."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +14,13 @@ from typing import Any
 import redis
 
 from relayrl.cluster.job import JobResult, run_job
+from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.config import JobConfig
 from relayrl.config_loader import load_config
+from relayrl.trajectory import Trajectory, decode
+
+# The subprocess jobs' admission bound (`trainer.max_staleness`).
+STALENESS = 1
 
 
 def job_on_own_redis(
@@ -32,6 +41,35 @@ def job_on_own_redis(
         server.stop()
 
 
+def stored_trajectories(client: Any, stream: str) -> list[tuple[str, Trajectory]]:
+    """Every entry of the stream, decoded, with its entry id, in stream order."""
+    return [
+        (entry_id.decode(), decode(fields[PAYLOAD_FIELD]))
+        for entry_id, fields in client.xrange(stream)
+    ]
+
+
+def turn_versions(trajectories: Sequence[Trajectory]) -> list[list[int]]:
+    """The policy versions of each stored turn's sampled tokens, one list per turn; asserts
+    that within a turn the version never goes back (a switch is a load mid-turn)."""
+    found = []
+    for trajectory in trajectories:
+        for turn in trajectory.turns:
+            span = slice(turn.start, turn.end)
+            versions = trajectory.versions[span][trajectory.loss_mask[span].astype(bool)]
+            assert (versions[1:] >= versions[:-1]).all(), (trajectory.id, versions.tolist())
+            found.append(versions.tolist())
+    return found
+
+
+def assert_nothing_discarded(records: Sequence[dict[str, Any]]) -> None:
+    """No step of the run discarded a sample, for any reason: `discarded/total` is zero and no
+    per-reason key appears."""
+    for record in records:
+        reasons = {k: v for k, v in record.items() if k.startswith("discarded/")}
+        assert reasons == {"discarded/total": 0}, (record["step"], reasons)
+
+
 def unacknowledged(client: Any, stream: str) -> tuple[set[str], set[str]]:
     """(entries the learner's group read but did not acknowledge, entries it never read)."""
     pending = {
@@ -42,3 +80,70 @@ def unacknowledged(client: Any, stream: str) -> tuple[set[str], set[str]]:
     last = group["last-delivered-id"].decode()
     undelivered = {e.decode() for e, _ in client.xrange(stream, min=f"({last}", max="+")}
     return pending, undelivered
+
+
+def job_args(model: str, out: Path, steps: int, extra: list[str], staleness: int = 1) -> list[str]:
+    """`relayrl train` with two workers on the digits env, config read from stdin (`-`)."""
+    overrides = [
+        "name=faults",
+        f"model.path={model}",
+        "rollout.num_workers=2",
+        "rollout.group_size=2",
+        "rollout.sampling.max_new_tokens=8",
+        "env.name=tests.plugin_envs:DIGITS",
+        "buffer.trim_acknowledged=false",
+        "learner.micro_batch_tokens=128",
+        "learner.batch_timeout_s=120",
+        f"trainer.steps={steps}",
+        "trainer.prompts_per_step=2",
+        f"trainer.max_staleness={staleness}",
+        "trainer.checkpoint_every=1",
+        f"output.dir={out}",
+        "output.tensorboard=false",
+        *extra,
+    ]
+    args = [sys.executable, "-m", "relayrl.cli", "train", "-"]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    cwd = Path(__file__).resolve().parents[1]  # so Ray workers import tests.plugin_envs
+    return subprocess.Popen(args, cwd=cwd, stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for token in child.read_text().split():
+            found.append(int(token))
+            found.extend(descendants(int(token)))
+    return found
+
+
+def find_process(root: int, title: str, timeout_s: float = 120) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in descendants(root):
+            try:
+                program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                if title.encode() in program:
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.5)
+    raise AssertionError(f"no {title} process under {root}")
+
+
+def steps_done(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for_steps(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while steps_done(out) < count:
+        assert proc.poll() is None, f"job exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.5)

@@ -9,9 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from relayrl.metrics import read_metrics
-from tests.test_fault_tolerance import job_args, start, wait_for_steps
+from tests.job_harness import (
+    STALENESS,
+    assert_nothing_discarded,
+    job_args,
+    start,
+    steps_done,
+    stored_trajectories,
+    wait_for_steps,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +53,16 @@ def test_scale_workers_up_and_down_while_training(tiny_model_path, redis_server,
     args[args.index("-")] = str(config)
     proc = start(args, log)
     try:
-        wait_for_steps(proc, out, 1)
+        # Three versions out before the join, so weights one version stale are told apart
+        # from the initial ones a joiner that skipped its first pull would generate on.
+        wait_for_steps(proc, out, 3)
+        published_before_join = steps_done(out)
+        joined_after_ms = time.time() * 1000
         grown = scale(args, 3)
         assert grown.returncode == 0, grown.stderr
         assert "rollout workers 2 -> 3" in grown.stdout
         wait_for_workers(proc, out, 3)
+        wait_for_steps(proc, out, steps_done(out) + 2)
         shrunk = scale(args, 1)
         assert shrunk.returncode == 0, shrunk.stderr
         wait_for_workers(proc, out, 1)
@@ -63,6 +77,19 @@ def test_scale_workers_up_and_down_while_training(tiny_model_path, redis_server,
     # Training carried on through both changes without a gap, on fresh weights.
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))
     assert all(r["staleness/max"] <= 1 for r in records)
+    # The intake drops what is too stale, so the bound above holds whatever admission or a
+    # joiner does: only an empty discard count shows no sample was generated on old weights.
+    assert_nothing_discarded(records)
+    # Every group pushed after the join (the joiner's first ones among them) started on
+    # weights at most max_staleness behind those published before the join.
+    client = redis.Redis.from_url(redis_server.url)
+    first_versions = [
+        min(trajectory.sampled_versions().tolist(), default=published_before_join)
+        for entry_id, trajectory in stored_trajectories(client, "relayrl:elastic:trajectories")
+        if int(entry_id.split("-")[0]) > joined_after_ms
+    ]
+    assert first_versions, "nothing was pushed after the join"
+    assert min(first_versions) >= published_before_join - STALENESS, first_versions
     assert "stopped" in text
 
 
