@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from relayrl.envs.sandbox.confinement import host_confinements
+from tests.sandbox_processes import host_processes_with, spawn_marked_sleeper
 
 # The one place that knows how the CLI is invoked (to become `relayrl sandbox` once wired).
 SANDBOX_CLI = [sys.executable, "-m", "relayrl.cli", "sandbox"]
@@ -54,27 +55,6 @@ def run_sandbox_cli(
     assert set(result) == {"status", "exit_code", "stdout", "stderr", "duration_s"}
     assert result["duration_s"] < timeout_s + 1.0
     return result
-
-
-def host_processes_with(marker: str) -> list[int]:
-    """Host pids whose command line contains `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def spawn_marked_sleeper(marker: str) -> str:
-    """Sandbox code (one line, needs `os`) that becomes a long sleep whose argv carries `marker`."""
-    argv = ["python3", "-c", "import time; time.sleep(120)", marker]
-    return f"os.execv('/usr/bin/python3', {argv!r})"
 
 
 @pytest.fixture

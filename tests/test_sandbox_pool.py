@@ -14,7 +14,7 @@ import ray
 from relayrl.cluster.sandbox_actors import RaySandboxRunners
 from relayrl.envs.sandbox import SandboxLimits
 from relayrl.envs.sandbox.pool import SandboxPool
-from tests.test_sandbox_hostile import host_processes_with, spawn_marked_sleeper
+from tests.sandbox_processes import host_processes_with, spawn_marked_sleeper
 
 pytestmark = pytest.mark.slow
 
