@@ -21,8 +21,6 @@ from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Env, Task
 from relayrl.errors import JobConfigError
 
-DEFAULT_WORKFLOW = "relayrl.actors.agent_loop:AgentLoop"
-
 
 @dataclass(frozen=True)
 class WorkflowContext:

@@ -3,7 +3,6 @@ address first, so the others can join its process group."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ray
@@ -23,9 +22,6 @@ class LearnerActor(DeepSpeedLearner):
     def rendezvous_address(self) -> tuple[str, int]:
         """This node's IP and a free port for the process group."""
         return ray.util.get_node_ip_address(), free_port(ALL_INTERFACES)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 class LearnerGroup:
@@ -62,7 +58,7 @@ class LearnerGroup:
             for rank in range(learner.num_ranks)
         ]
         addr, port = ray.get(self.ranks[0].rendezvous_address.remote(), timeout=call_timeout_s)
-        self.setup_info = self._all("setup", addr, port)
+        self._all("setup", addr, port)
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         refs = [getattr(rank, method).remote(*args) for rank in self.ranks]

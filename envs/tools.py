@@ -15,10 +15,6 @@ class ToolResult:
     status: ToolStatus
     output: str  # what the model is shown
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
 
 class Tool(Protocol):
     name: str

@@ -18,9 +18,5 @@ class SandboxResult:
     stderr: str
     duration_s: float
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
