@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import ray
 from ray.autoscaler.sdk import request_resources
 
+from relayrl import metric_keys as keys
 from relayrl.autoscale_config import AutoscaleConfig
 from relayrl.cluster.autoscale_policy import AutoscalePolicy, FleetObservation
+from relayrl.cluster.job_runtime import CALL_TIMEOUT_S
+from relayrl.cluster.training_loop import StepReport
 from relayrl.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -76,8 +81,8 @@ class FleetAutoscaler:
         `workers`."""
         seen = FleetObservation(
             workers=workers,
-            learner_idle_fraction=float(metrics.get("pipeline/learner_idle_fraction", 0.0)),
-            worker_idle_fraction=float(metrics.get("pipeline/worker_idle_fraction", 0.0)),
+            learner_idle_fraction=float(metrics.get(keys.PIPELINE_LEARNER_IDLE_FRACTION, 0.0)),
+            worker_idle_fraction=float(metrics.get(keys.PIPELINE_WORKER_IDLE_FRACTION, 0.0)),
             backlog=backlog,
             batch_size=self._batch_size,
         )
@@ -96,3 +101,37 @@ class FleetAutoscaler:
         )
         self.request(target)
         return target
+
+
+class AutoscaleHook:
+    """A `LoopHooks.on_step` presenter: after each step, sets the job's worker target (the
+    one `relayrl scale` sets) when the autoscaler decides to change it."""
+
+    def __init__(self, autoscaler: FleetAutoscaler, job_control: Any) -> None:
+        self._autoscaler = autoscaler
+        self._job_control = job_control
+
+    def __call__(self, report: StepReport) -> None:
+        metrics = report.metrics
+        target = self._autoscaler.after_step(
+            metrics,
+            backlog=int(metrics[keys.BUFFER_BACKLOG]),
+            workers=int(metrics[keys.ROLLOUT_WORKERS]),
+        )
+        if target is not None:
+            ray.get(self._job_control.set_desired_workers.remote(target), timeout=CALL_TIMEOUT_S)
+
+
+@contextmanager
+def autoscaling(config: JobConfig, job_control: Any) -> Iterator[list[AutoscaleHook]]:
+    """The job's autoscaling hooks (none without `rollout.autoscale`); the standing resource
+    request is made at start and dropped when the job ends."""
+    autoscaler = FleetAutoscaler.for_job(config)
+    if autoscaler is None:
+        yield []
+        return
+    autoscaler.request(config.rollout.num_workers)
+    try:
+        yield [AutoscaleHook(autoscaler, job_control)]
+    finally:
+        autoscaler.release()

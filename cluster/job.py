@@ -11,9 +11,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from relayrl.cluster.autoscaler import autoscaling
+from relayrl.cluster.evaluation import periodic_evaluation
 from relayrl.cluster.job_runtime import started_job
+from relayrl.cluster.live_display import LiveDisplay
 from relayrl.cluster.preflight import preflight
-from relayrl.cluster.presentation import ProgressBar, log_step, reward_plot
+from relayrl.cluster.presentation import reward_plot, run_report
+from relayrl.cluster.prometheus import PrometheusExporter
 from relayrl.cluster.training_loop import LoopHooks, TrainingLoop
 from relayrl.config import JobConfig
 
@@ -32,6 +36,8 @@ class JobResult:
     redis_url: str
     stream: str
     worker_reports: list[dict[str, Any]] = field(default_factory=list)
+    # OUTPUT/report.html (output.plot): the run's figures over wall time.
+    report: Path | None = None
 
 
 def run_job(config: JobConfig, resume: bool = False, hooks: LoopHooks | None = None) -> JobResult:
@@ -47,11 +53,16 @@ def run_job(config: JobConfig, resume: bool = False, hooks: LoopHooks | None = N
     # The dump redacts any password in buffer.url; password_env/file name only where it is.
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     hooks = hooks or LoopHooks()
+    evaluation = periodic_evaluation(config, output_dir)
+    hooks = replace(hooks, step_metrics=[*hooks.step_metrics, *evaluation])
     with (
         started_job(config, output_dir, resume) as runtime,
-        ProgressBar(config.trainer.steps, runtime.start_step) as bar,
+        autoscaling(config, runtime.job_control) as autoscale,
     ):
-        presented = replace(hooks, on_step=[log_step, bar, *hooks.on_step])
+        display = LiveDisplay(config.name, config.trainer.steps, runtime.start_step)
+        exporter = PrometheusExporter(config.name)
+        on_step = [display, exporter.on_step, *autoscale, *hooks.on_step]
+        presented = replace(hooks, on_step=on_step)
         outcome = TrainingLoop(runtime, presented).run()
     metrics = runtime.writer.jsonl_path
     return JobResult(
@@ -59,6 +70,7 @@ def run_job(config: JobConfig, resume: bool = False, hooks: LoopHooks | None = N
         checkpoint=outcome.checkpoint / "hf" if outcome.checkpoint else None,
         metrics=metrics,
         plot=reward_plot(config, metrics, output_dir),
+        report=run_report(config, metrics, output_dir),
         steps=outcome.last_step,
         stopped=outcome.stopped,
         redis_url=runtime.redis_url,

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from relayrl import metric_keys as keys
+from relayrl.cluster.training_loop import StepReport
 from relayrl.cluster.worker_metrics import per_worker
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ def _named_channels(metrics: dict[str, Any], prefix: str, skip: tuple[str, ...] 
 
 
 def _reward_channels(metrics: dict[str, Any]) -> str:
-    return _named_channels(metrics, "reward/", ("reward/mean", "reward/std"))
+    return _named_channels(metrics, "reward/", (keys.REWARD_MEAN, keys.REWARD_STD))
 
 
 def status_line(metrics: dict[str, Any], total: int) -> str:
@@ -104,7 +106,8 @@ def panel(
 
 
 class LiveDisplay:
-    """Shows each step's metrics: a panel redrawn in place on a TTY, else a log line."""
+    """A `LoopHooks.on_step` presenter: each step's metrics as a panel redrawn in place on a
+    TTY, else as one log line."""
 
     def __init__(
         self,
@@ -122,6 +125,9 @@ class LiveDisplay:
         self._clock = clock
         self._started = clock()
         self._drawn = 0
+
+    def __call__(self, report: StepReport) -> None:
+        self.update(dict(report.metrics))
 
     def update(self, metrics: dict[str, Any]) -> None:
         if not self._tty:

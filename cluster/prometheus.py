@@ -11,6 +11,8 @@ from typing import Any
 
 from ray.util.metrics import Counter, Gauge
 
+from relayrl.cluster.training_loop import StepReport
+
 PREFIX = "relayrl_"
 
 
@@ -40,6 +42,10 @@ class PrometheusExporter:
         if name not in self._gauges:
             self._gauges[name] = Gauge(name, description=f"relayrl {name}", tag_keys=tag_keys)
         return self._gauges[name]
+
+    def on_step(self, report: StepReport) -> None:
+        """As a `LoopHooks.on_step` presenter."""
+        self.record(report.metrics)
 
     def record(self, metrics: Mapping[str, Any]) -> None:
         """Set one gauge per numeric metric of the step and count the step."""

@@ -13,10 +13,12 @@ from typing import Any
 
 import ray
 
+from relayrl import metric_keys as keys
 from relayrl.cluster.job_control import JobOrders, JobState, StopMode
 from relayrl.cluster.job_runtime import CALL_TIMEOUT_S, JobRuntime
 from relayrl.cluster.job_status import status_from_metrics, with_engine_versions, write_status_file
 from relayrl.cluster.pipeline_meter import PipelineMeter
+from relayrl.cluster.worker_metrics import WorkerMeter
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class TrainingLoop:
         self.hooks = hooks
         self.total = runtime.config.trainer.steps
         self._meter = PipelineMeter()
+        self._worker_meter = WorkerMeter()
         self._orders = JobOrders(runtime.config.rollout.num_workers, None)
         self._checkpoint = runtime.restored
         self._reports: list[dict[str, Any]] = []
@@ -109,15 +112,17 @@ class TrainingLoop:
         stats = runtime.buffer.stats()
         snapshot = ray.get(runtime.controller.snapshot.remote())
         metrics.update(self._meter.step(reports, metrics))
+        metrics.update(self._worker_meter.step(reports))
         metrics.update(
             {
-                "time/step_s": time.perf_counter() - started,
-                "rollout/workers": runtime.fleet.size,
-                "rollout/restarts": runtime.fleet.restarts,
-                "rollout/in_flight": snapshot["running"],
-                "buffer/queue_depth": stats.undelivered,
-                "buffer/pending": stats.pending,
-                "buffer/dead_letters": stats.dead_letters,
+                keys.TIME_STEP_S: time.perf_counter() - started,
+                keys.ROLLOUT_WORKERS: runtime.fleet.size,
+                keys.ROLLOUT_RESTARTS: runtime.fleet.restarts,
+                keys.ROLLOUT_IN_FLIGHT: snapshot["running"],
+                keys.BUFFER_BACKLOG: snapshot["backlog"],
+                keys.BUFFER_QUEUE_DEPTH: stats.undelivered,
+                keys.BUFFER_PENDING: stats.pending,
+                keys.BUFFER_DEAD_LETTERS: stats.dead_letters,
             }
         )
         for hook in self.hooks.step_metrics:

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from relayrl import metric_keys as keys
 from relayrl.metrics import read_metrics
 from relayrl.plot import draw_rewards, pyplot
 
@@ -18,16 +19,16 @@ CHARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "Throughput",
         "tokens / s",
-        ("pipeline/rollout_tokens_per_s", "pipeline/learner_tokens_per_s"),
+        (keys.PIPELINE_ROLLOUT_TOKENS_PER_S, keys.PIPELINE_LEARNER_TOKENS_PER_S),
     ),
-    ("Trajectories generated", "trajectories / s", ("pipeline/rollout_trajectories_per_s",)),
-    ("Staleness of trained tokens", "policy versions", ("staleness/max", "staleness/mean")),
+    ("Trajectories generated", "trajectories / s", (keys.PIPELINE_ROLLOUT_TRAJECTORIES_PER_S,)),
+    ("Staleness of trained tokens", "policy versions", (keys.STALENESS_MAX, keys.STALENESS_MEAN)),
     (
         "Idle fractions",
         "share of wall time",
-        ("pipeline/learner_idle_fraction", "pipeline/worker_idle_fraction"),
+        (keys.PIPELINE_LEARNER_IDLE_FRACTION, keys.PIPELINE_WORKER_IDLE_FRACTION),
     ),
-    ("Rollout workers", "workers", ("rollout/workers",)),
+    ("Rollout workers", "workers", (keys.ROLLOUT_WORKERS,)),
 )
 
 
@@ -37,9 +38,13 @@ def elapsed_minutes(records: list[dict[str, Any]]) -> list[float]:
     total = 0.0
     xs = []
     for record in records:
-        total += float(record.get("time/step_s", 0.0))
+        total += float(record.get(keys.TIME_STEP_S, 0.0))
         xs.append(total / 60.0)
     return xs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _png(fig: Any) -> str:
@@ -70,7 +75,7 @@ def _lines(xs: list[float], records: list[dict[str, Any]], keys: tuple[str, ...]
         for key in keys:
             values = [r.get(key, math.nan) for r in records]
             # A fleet size holds until it changes: draw it as steps, not slopes.
-            style = {"drawstyle": "steps-post"} if key == "rollout/workers" else {}
+            style = {"drawstyle": "steps-post"} if key == keys.ROLLOUT_WORKERS else {}
             ax.plot(xs, values, label=key, linewidth=1.5, **style)
 
     return draw
@@ -78,14 +83,16 @@ def _lines(xs: list[float], records: list[dict[str, Any]], keys: tuple[str, ...]
 
 def _summary(records: list[dict[str, Any]], xs: list[float]) -> str:
     last = records[-1]
-    rewards = [r["reward/mean"] for r in records if "reward/mean" in r]
+    rewards = [r[keys.REWARD_MEAN] for r in records if keys.REWARD_MEAN in r]
     rows = [
         ("steps", f"{last['step']}"),
         ("wall time", f"{xs[-1]:.1f} min"),
         ("final reward/mean", f"{rewards[-1]:.4f}" if rewards else "-"),
         ("best reward/mean", f"{max(rewards):.4f}" if rewards else "-"),
     ]
-    rows += [(k, f"{v:.4f}") for k, v in sorted(last.items()) if k.startswith("eval/")]
+    rows += [
+        (k, f"{v:.4f}") for k, v in sorted(last.items()) if k.startswith("eval/") and _is_number(v)
+    ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
@@ -93,24 +100,28 @@ def _summary(records: list[dict[str, Any]], xs: list[float]) -> str:
 def write_report(metrics_path: Path, out_path: Path, title: str) -> Path:
     """Write the run report for `metrics_path` to `out_path` (HTML) and return its path."""
     records = [r for r in read_metrics(metrics_path) if "step" in r]
-    if not records:
-        raise ValueError(f"{metrics_path} holds no step records")
     xs = elapsed_minutes(records)
-    sections = [_chart("Reward", "reward", xs, lambda ax: draw_rewards(ax, xs, records))]
-    evals = sorted({k for r in records for k in r if k.startswith("eval/")})
+    if not records:
+        sections = ["<p>No learner step was recorded.</p>"]
+    else:
+        sections = [
+            _summary(records, xs),
+            _chart("Reward", "reward", xs, lambda ax: draw_rewards(ax, xs, records)),
+        ]
+    evals = sorted(
+        {k for r in records for k, v in r.items() if k.startswith("eval/") and _is_number(v)}
+    )
     if evals:
         sections.append(_chart("Evaluation", "score", xs, _lines(xs, records, tuple(evals))))
-    for chart_title, ylabel, keys in CHARTS:
-        present = tuple(k for k in keys if any(k in r for r in records))
+    for chart_title, ylabel, chart_keys in CHARTS:
+        present = tuple(k for k in chart_keys if any(k in r for r in records))
         if present:
             sections.append(_chart(chart_title, ylabel, xs, _lines(xs, records, present)))
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
         "th{text-align:left;padding-right:1em}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1>\n{_summary(records, xs)}\n"
-        + "\n".join(sections)
-        + "\n</body></html>\n"
+        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
     out_path.write_text(page)
     return out_path

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from relayrl.autoscale_config import AutoscaleConfig
 from relayrl.cluster.autoscale_policy import AutoscalePolicy, FleetObservation
+from relayrl.cluster.autoscaler import FleetAutoscaler, learner_bundles, worker_bundle
 from relayrl.config_loader import load_config
 
 BATCH = 8
@@ -100,3 +101,21 @@ def test_rollout_config_takes_autoscale_from_yaml_overrides():
     job = load_config(None, ["rollout.autoscale.min_workers=1", "rollout.autoscale.max_workers=3"])
     assert job.rollout.autoscale == AutoscaleConfig(min_workers=1, max_workers=3)
     assert load_config(None, []).rollout.autoscale is None
+
+
+def test_for_job_requests_the_whole_jobs_shape():
+    config = load_config(
+        None,
+        [
+            "rollout.cpus_per_worker=0.5",
+            "learner.cpus_per_rank=2",
+            "learner.num_ranks=2",
+            "rollout.autoscale.max_workers=4",
+        ],
+    )
+    assert worker_bundle(config) == {"CPU": 0.5}
+    assert learner_bundles(config) == [{"CPU": 2.0}, {"CPU": 2.0}]
+    assert FleetAutoscaler.for_job(config) is not None
+    assert FleetAutoscaler.for_job(load_config(None, [])) is None
+    # A local Ray instance cannot grow: it is sized for the autoscaler's largest fleet.
+    assert config.local_cpus == 2 * 2 + 4 * 0.5 + 1
