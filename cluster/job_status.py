@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relayrl import metric_keys as keys
 from relayrl.learner.checkpoint import latest_checkpoint, read_ledger
 from relayrl.metrics import read_metrics
 
@@ -21,18 +22,21 @@ def status_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         "step": metrics["step"],
         "version": metrics["version"],
         "buffer": {
-            "queue_depth": metrics.get("buffer/queue_depth"),
-            "pending": metrics.get("buffer/pending"),
-            "dead_letters": metrics.get("buffer/dead_letters"),
+            "queue_depth": metrics.get(keys.BUFFER_QUEUE_DEPTH),
+            "pending": metrics.get(keys.BUFFER_PENDING),
+            "dead_letters": metrics.get(keys.BUFFER_DEAD_LETTERS),
         },
         "tokens_per_s": {
-            "generated": metrics.get("pipeline/rollout_tokens_per_s"),
-            "trained": metrics.get("pipeline/learner_tokens_per_s"),
+            "generated": metrics.get(keys.PIPELINE_ROLLOUT_TOKENS_PER_S),
+            "trained": metrics.get(keys.PIPELINE_LEARNER_TOKENS_PER_S),
         },
-        "staleness": {"max": metrics.get("staleness/max"), "mean": metrics.get("staleness/mean")},
+        "staleness": {
+            "max": metrics.get(keys.STALENESS_MAX),
+            "mean": metrics.get(keys.STALENESS_MEAN),
+        },
         "idle_fraction": {
-            "workers": metrics.get("pipeline/worker_idle_fraction"),
-            "learner": metrics.get("pipeline/learner_idle_fraction"),
+            "workers": metrics.get(keys.PIPELINE_WORKER_IDLE_FRACTION),
+            "learner": metrics.get(keys.PIPELINE_LEARNER_IDLE_FRACTION),
         },
     }
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from relayrl import metric_keys as keys
+
 
 class PipelineMeter:
     def __init__(self) -> None:
@@ -23,14 +25,14 @@ class PipelineMeter:
             idle += report["idle_s"] - previous.get("idle_s", 0.0)
             self._last[report["worker_id"]] = report
         workers = max(len(reports), 1)
-        step_s = learner.get("time/wait_batch_s", 0.0) + learner.get("time/train_s", 0.0)
-        trained_tokens = learner.get("batch/total_tokens", 0)
+        step_s = learner.get(keys.TIME_WAIT_BATCH_S, 0.0) + learner.get(keys.TIME_TRAIN_S, 0.0)
+        trained_tokens = learner.get(keys.BATCH_TOTAL_TOKENS, 0)
         return worker_memory(reports) | {
-            "pipeline/rollout_tokens_per_s": tokens / wall,
-            "pipeline/learner_tokens_per_s": trained_tokens
-            / max(learner.get("time/train_s", 0.0), 1e-9),
-            "pipeline/worker_idle_fraction": min(1.0, idle / (wall * workers)),
-            "pipeline/learner_idle_fraction": learner.get("time/wait_batch_s", 0.0)
+            keys.PIPELINE_ROLLOUT_TOKENS_PER_S: tokens / wall,
+            keys.PIPELINE_LEARNER_TOKENS_PER_S: trained_tokens
+            / max(learner.get(keys.TIME_TRAIN_S, 0.0), 1e-9),
+            keys.PIPELINE_WORKER_IDLE_FRACTION: min(1.0, idle / (wall * workers)),
+            keys.PIPELINE_LEARNER_IDLE_FRACTION: learner.get(keys.TIME_WAIT_BATCH_S, 0.0)
             / max(step_s, 1e-9),
         }
 
@@ -40,11 +42,15 @@ def worker_memory(reports: list[dict[str, Any]]) -> dict[str, float]:
     shared pages among the processes that map them, so it adds up); from the figures each
     worker reports about its own process (relayrl.process_memory)."""
     figures: dict[str, float] = {}
-    for key, name in (("rss_gb", "worker_rss_gb"), ("peak_rss_gb", "worker_peak_rss_gb")):
-        values = [r[key] for r in reports if key in r]
+    largest = (
+        ("rss_gb", keys.MEMORY_WORKER_RSS_GB),
+        ("peak_rss_gb", keys.MEMORY_WORKER_PEAK_RSS_GB),
+    )
+    for figure, key in largest:
+        values = [r[figure] for r in reports if figure in r]
         if values:
-            figures[f"memory/{name}"] = max(values)
+            figures[key] = max(values)
     pss = [r["pss_gb"] for r in reports if "pss_gb" in r]
     if pss:
-        figures["memory/workers_pss_gb"] = sum(pss)
+        figures[keys.MEMORY_WORKERS_PSS_GB] = sum(pss)
     return figures

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from relayrl import metric_keys as keys
+
 # (metric suffix, report counter): each becomes a rate over the step's wall time.
 RATES = (("tokens_per_s", "sampled_tokens"), ("trajectories_per_s", "trajectories"))
 
@@ -38,7 +40,7 @@ class WorkerMeter:
             self._last[worker] = report
         # Workers gone since the last step leave no stale baseline for a later id reuse.
         self._last = {r["worker_id"]: r for r in reports}
-        figures["pipeline/rollout_trajectories_per_s"] = trajectories / wall
+        figures[keys.PIPELINE_ROLLOUT_TRAJECTORIES_PER_S] = trajectories / wall
         return figures
 
 

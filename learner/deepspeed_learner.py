@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from relayrl import metric_keys as keys
 from relayrl.admission import SampleRefill
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.config import JobConfig
@@ -236,11 +237,11 @@ class DeepSpeedLearner:
             metrics.update(discard_metrics(self.intake.record_step(self.step, entries)))
         metrics.update(
             {
-                "step": self.step,
-                "version": self.version,
-                "time/wait_batch_s": waited,
-                "time/train_s": trained,
-                "time/publish_s": publish_s,
+                keys.STEP: self.step,
+                keys.VERSION: self.version,
+                keys.TIME_WAIT_BATCH_S: waited,
+                keys.TIME_TRAIN_S: trained,
+                keys.TIME_PUBLISH_S: publish_s,
                 **self.publishing.push_metrics(),
             }
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from relayrl import metric_keys as keys
 from relayrl.learner.rank_sync import max_over_ranks
 from relayrl.process_memory import process_memory
 
@@ -17,7 +18,7 @@ def learner_memory_metrics() -> dict[str, float]:
     values = torch.tensor([own.get(name, -1.0) for name in FIGURES], dtype=torch.float64)
     largest = max_over_ranks(values).tolist()
     return {
-        f"memory/learner_{name}": value
+        keys.learner_memory(name): value
         for name, value in zip(FIGURES, largest, strict=True)
         if value >= 0
     }

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from relayrl import metric_keys as keys
 from relayrl.algorithm_config import OffPolicyConfig
 from relayrl.learner.algorithms.importance import importance_weights
 from relayrl.learner.batching import PaddedBatch
@@ -65,12 +66,12 @@ class OffPolicyCorrection:
         if not tokens:
             return {}
         metrics = {
-            "off_policy/is_weight_mean": weight_sum / tokens,
-            "off_policy/is_weight_max": largest,
-            "off_policy/is_weight_min": -negated_smallest,
+            keys.OFF_POLICY_IS_WEIGHT_MEAN: weight_sum / tokens,
+            keys.OFF_POLICY_IS_WEIGHT_MAX: largest,
+            keys.OFF_POLICY_IS_WEIGHT_MIN: -negated_smallest,
         }
         sampling = self.config.importance_sampling
         if sampling is not None:
             kind = "truncated" if sampling.mode == "truncate" else "masked"
-            metrics[f"off_policy/{kind}_fraction"] = corrected / tokens
+            metrics[keys.off_policy_fraction(kind)] = corrected / tokens
         return metrics

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from relayrl import metric_keys as keys
 from relayrl.faults import fault_point
 from relayrl.learner.full_state import full_state_dict
 from relayrl.learner.gathered_buckets import GatheredBuckets
@@ -67,8 +68,8 @@ class PolicyPublishing:
             return {}
         seconds = [report.seconds for report in reports]
         return {
-            "weights/pushed_engines": len(reports),
-            "weights/push_bytes": sum(report.num_bytes for report in reports),
-            "weights/push_s_max": max(seconds),
-            "weights/push_s_mean": sum(seconds) / len(seconds),
+            keys.WEIGHTS_PUSHED_ENGINES: len(reports),
+            keys.WEIGHTS_PUSH_BYTES: sum(report.num_bytes for report in reports),
+            keys.WEIGHTS_PUSH_S_MAX: max(seconds),
+            keys.WEIGHTS_PUSH_S_MEAN: sum(seconds) / len(seconds),
         }

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from relayrl import metric_keys as keys
 from relayrl.learner.algorithms.types import AdvantageOutput, LossInputs, LossOutput, PolicyLoss
 from relayrl.learner.batching import PaddedBatch
 from relayrl.learner.engines import step_and_grad_norm
@@ -90,14 +91,14 @@ class PolicyUpdate:
                 )
                 critic_means.add(critic_out.metrics, tokens)
         # The rate this step trained with: the scheduler moves on inside step().
-        metrics = {"lr": float(self.engine.get_lr()[0])}
-        metrics["grad_norm"] = step_and_grad_norm(self.engine)
-        metrics["loss/total"] = float(sum_over_ranks(loss_total).item())
-        metrics.update({f"loss/{k}": v for k, v in loss_means.reduce().items()})
+        metrics = {keys.LR: float(self.engine.get_lr()[0])}
+        metrics[keys.GRAD_NORM] = step_and_grad_norm(self.engine)
+        metrics[keys.LOSS_TOTAL] = float(sum_over_ranks(loss_total).item())
+        metrics.update({keys.loss_part(k): v for k, v in loss_means.reduce().items()})
         metrics.update(self.off_policy.metrics())
         if critic is not None:
-            metrics["critic/grad_norm"] = critic.step()
-            metrics.update({f"critic/{k}": v for k, v in critic_means.reduce().items()})
+            metrics[keys.CRITIC_GRAD_NORM] = critic.step()
+            metrics.update({keys.critic_part(k): v for k, v in critic_means.reduce().items()})
         return metrics
 
     def _policy_pass(

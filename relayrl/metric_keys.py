@@ -33,7 +33,13 @@ FILTER_DISCARDED = "filter/discarded_trajectories"  # groups' members dynamic sa
 FILTER_DROPPED_ALIAS = "filter/dropped_trajectories"
 
 # The update (learner/update.py) and the learner step's clock.
+LR = "lr"
+GRAD_NORM = "grad_norm"
 LOSS_TOTAL = "loss/total"
+CRITIC_GRAD_NORM = "critic/grad_norm"
+OFF_POLICY_IS_WEIGHT_MEAN = "off_policy/is_weight_mean"
+OFF_POLICY_IS_WEIGHT_MAX = "off_policy/is_weight_max"
+OFF_POLICY_IS_WEIGHT_MIN = "off_policy/is_weight_min"
 TIME_WAIT_BATCH_S = "time/wait_batch_s"
 TIME_TRAIN_S = "time/train_s"
 TIME_PUBLISH_S = "time/publish_s"
@@ -43,11 +49,13 @@ TIME_STEP_S = "time/step_s"
 WEIGHTS_PUSHED_ENGINES = "weights/pushed_engines"
 WEIGHTS_PUSH_BYTES = "weights/push_bytes"
 WEIGHTS_PUSH_S_MAX = "weights/push_s_max"
+WEIGHTS_PUSH_S_MEAN = "weights/push_s_mean"
 
 # The rollout side and the buffer, as the driver sees them.
 ROLLOUT_WORKERS = "rollout/workers"
 ROLLOUT_RESTARTS = "rollout/restarts"
 ROLLOUT_IN_FLIGHT = "rollout/in_flight"
+BUFFER_BACKLOG = "buffer/backlog"  # what admission counts: pending or undelivered, not booked
 BUFFER_QUEUE_DEPTH = "buffer/queue_depth"
 BUFFER_PENDING = "buffer/pending"
 BUFFER_DEAD_LETTERS = "buffer/dead_letters"
@@ -55,6 +63,7 @@ BUFFER_DEAD_LETTERS = "buffer/dead_letters"
 # Throughput and idleness across the pipeline (cluster/pipeline_meter.py).
 PIPELINE_ROLLOUT_TOKENS_PER_S = "pipeline/rollout_tokens_per_s"
 PIPELINE_LEARNER_TOKENS_PER_S = "pipeline/learner_tokens_per_s"
+PIPELINE_ROLLOUT_TRAJECTORIES_PER_S = "pipeline/rollout_trajectories_per_s"
 PIPELINE_WORKER_IDLE_FRACTION = "pipeline/worker_idle_fraction"
 PIPELINE_LEARNER_IDLE_FRACTION = "pipeline/learner_idle_fraction"
 
@@ -97,3 +106,12 @@ def learner_memory(figure: str) -> str:
 
 def loss_part(name: str) -> str:
     return f"loss/{name}"
+
+
+def critic_part(name: str) -> str:
+    return f"critic/{name}"
+
+
+def off_policy_fraction(kind: str) -> str:
+    """The share of trained tokens the importance-sampling correction truncated or masked."""
+    return f"off_policy/{kind}_fraction"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from relayrl import metric_keys as keys
 from relayrl.metrics import read_metrics
 
 
@@ -20,7 +21,9 @@ def pyplot() -> Any:
 
 
 def reward_keys(records: list[dict[str, Any]]) -> list[str]:
-    return sorted({k for r in records for k in r if k.startswith("reward/") and k != "reward/std"})
+    return sorted(
+        {k for r in records for k in r if k.startswith("reward/") and k != keys.REWARD_STD}
+    )
 
 
 def draw_rewards(ax: Any, xs: list[float], records: list[dict[str, Any]]) -> None:
@@ -28,11 +31,11 @@ def draw_rewards(ax: Any, xs: list[float], records: list[dict[str, Any]]) -> Non
     enough to smooth."""
     for key in reward_keys(records):
         values = [r.get(key, float("nan")) for r in records]
-        style = {"linewidth": 2.0} if key == "reward/mean" else {"linewidth": 1.0, "alpha": 0.6}
+        style = {"linewidth": 2.0} if key == keys.REWARD_MEAN else {"linewidth": 1.0, "alpha": 0.6}
         ax.plot(xs, values, label=key.removeprefix("reward/"), **style)
     if len(records) >= 4:
         window = max(2, len(records) // 5)
-        means = [r["reward/mean"] for r in records]
+        means = [r[keys.REWARD_MEAN] for r in records]
         smooth = [
             sum(means[max(0, i - window + 1) : i + 1]) / len(means[max(0, i - window + 1) : i + 1])
             for i in range(len(means))
@@ -43,7 +46,7 @@ def draw_rewards(ax: Any, xs: list[float], records: list[dict[str, Any]]) -> Non
 
 def plot_rewards(metrics_path: Path, out_path: Path, title: str) -> Path:
     plt = pyplot()
-    records = [r for r in read_metrics(metrics_path) if "reward/mean" in r]
+    records = [r for r in read_metrics(metrics_path) if keys.REWARD_MEAN in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     draw_rewards(ax, [r["step"] for r in records], records)
     ax.set_xlabel("learner step")
