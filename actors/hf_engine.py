@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.stop_strings import StopStrings
+from relayrl.config import Dtype
 from relayrl.trajectory import EpisodeEnd
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -29,7 +30,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass(frozen=True)
 class TransformersSettings:
     model_path: str
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     torch_threads: int = 1
     seed: int = 0
     # Sequences in one forward pass at most; further requests wait for rows to finish.
