@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from relayrl.buffer import BufferEntry
-from relayrl.trajectory import Trajectory
+from relayrl.trajectory import NO_VERSION, Trajectory
 
 
 class GroupAssembler:
@@ -56,7 +56,7 @@ class PaddedBatch:
     attention_mask: torch.Tensor  # [B, T] int64
     loss_mask: torch.Tensor  # [B, T] float32
     old_logprobs: torch.Tensor  # [B, T] float32
-    versions: torch.Tensor  # [B, T] int64, -1 off the loss mask
+    versions: torch.Tensor  # [B, T] int64, NO_VERSION off the loss mask
     rows: slice  # which sequences of the whole batch these are
 
     def to(self, device: torch.device) -> PaddedBatch:
@@ -79,7 +79,7 @@ def pad_rows(trajectories: list[Trajectory], rows: slice, pad_id: int) -> Padded
     attention = torch.zeros(size, dtype=torch.long)
     loss_mask = torch.zeros(size, dtype=torch.float32)
     old_logprobs = torch.zeros(size, dtype=torch.float32)
-    versions = torch.full(size, -1, dtype=torch.long)
+    versions = torch.full(size, NO_VERSION, dtype=torch.long)
     for i, traj in enumerate(chosen):
         n = len(traj.tokens)
         input_ids[i, :n] = torch.from_numpy(traj.tokens.astype("int64"))
