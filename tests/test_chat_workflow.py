@@ -6,19 +6,31 @@ log-probs), and what the environment said is masked, unversioned and without log
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from examples.chat_workflow import ChatCompletionsWorkflow, EngineChatClient
+from relayrl import metric_keys as keys
+from relayrl.actors.engine import Completion, SamplingSettings
+from relayrl.actors.workflow import WorkflowContext
 from relayrl.cluster.preflight import check_workflow
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
+from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.config_loader import load_config
+from relayrl.envs.base import Task
+from relayrl.envs.tool_calls import HermesFormat
 from relayrl.errors import JobConfigError
 from relayrl.metrics import read_metrics
 from relayrl.trajectory import NO_VERSION, EpisodeEnd, Trajectory, decode
+from tests.agent_loop_fakes import GenerateCall, RecordingEngine, RecordingToolEnv
+from tests.agent_loop_fakes import assert_token_faithful as assert_agent_loop_faithful
+from tests.engine_harness import DrivenEngine, driven_engine
 from tests.job_harness import job_on_own_redis
 
 WORKFLOW = "examples.chat_workflow:ChatCompletionsWorkflow"
@@ -60,7 +72,7 @@ def test_the_job_trains_on_the_workflow_s_episodes(finished_job) -> None:
     _, result, _ = finished_job
     records = read_metrics(result.metrics)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert all(np.isfinite(r["loss/total"]) for r in records)
+    assert all(np.isfinite(r[keys.LOSS_TOTAL]) for r in records)
     [report] = result.worker_reports
     assert report["trajectories"] >= STEPS * 2 * 2
     assert report["turns"] >= report["trajectories"]
@@ -101,6 +113,73 @@ def test_recorded_log_probs_are_the_policy_s_on_the_recorded_tokens(
         scored = logits.log_softmax(-1).gather(-1, tokens[0, 1:, None]).squeeze(-1)
         mask = traj.loss_mask[1:].astype(bool)
         np.testing.assert_allclose(scored.numpy()[mask], traj.logprobs[1:][mask], atol=2e-3)
+
+
+PROMPT = [{"role": "user", "content": "what is 3 + 4"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path: str) -> Any:
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="module")
+def driven(tiny_model_path: str, tokenizer: Any) -> Iterator[DrivenEngine]:
+    yield from driven_engine("transformers", tiny_model_path, tokenizer)
+
+
+def _context(engine: Any, tokenizer: Any) -> WorkflowContext:
+    return WorkflowContext(
+        engine,
+        tokenizer,
+        SamplingConfig(max_new_tokens=8, temperature=0.8),
+        AgentConfig(max_turns=3, max_total_tokens=256),
+        stop_strings=HermesFormat.stop_strings,
+        worker_id="w",
+    )
+
+
+def _turn_calls(calls: list[GenerateCall], traj: Trajectory) -> list[Completion]:
+    """Each turn's completion: one the engine sampled from exactly the episode before it (a
+    group's first turns share the prompt, so the span's own ids pick among those)."""
+    found = []
+    for turn in traj.turns:
+        prefix = traj.tokens[: turn.start].tolist()
+        span = traj.tokens[turn.start : turn.end].tolist()
+        candidates = [c for call in calls if call.prompt_ids == prefix for c in call.completions]
+        assert candidates, f"turn at {turn.start} was not generated from exactly its prefix"
+        found.append(next((c for c in candidates if c.token_ids == span), candidates[0]))
+    return found
+
+
+def test_chat_episodes_are_what_the_agent_loop_would_record(
+    driven: DrivenEngine, tokenizer: Any
+) -> None:
+    """The same token-faithfulness check the built-in agent loop passes: every sampled span is
+    exactly one completion, the env saw the decoded text, the whole sequence is the chat
+    transcript, and feedback text never turned into control tokens."""
+    recording = RecordingEngine(driven.engine)
+    workflow = ChatCompletionsWorkflow.from_context(_context(recording, tokenizer))
+    envs = [RecordingToolEnv(HermesFormat(), "echo", retry=True) for _ in range(2)]
+    outcomes = driven.run(workflow.run_group(Task(id="t", messages=PROMPT), envs))
+    assert len(outcomes) == 2
+    for outcome, env in zip(outcomes, envs, strict=True):
+        traj = outcome.to_trajectory("g", {})
+        assert traj.finish_reason is EpisodeEnd.MAX_TURNS and len(traj.turns) == 3
+        assert_agent_loop_faithful(traj, _turn_calls(recording.calls, traj), env, tokenizer, PROMPT)
+
+
+def test_a_request_that_rewrites_the_reply_ends_the_episode_in_error(
+    driven: DrivenEngine, tokenizer: Any
+) -> None:
+    """Changing the model's reply in the history would train tokens it never sampled."""
+    client = EngineChatClient(
+        driven.engine, tokenizer, SamplingSettings(max_new_tokens=4), AgentConfig()
+    )
+    reply = driven.run(client.create(PROMPT))
+    edited = {"role": "assistant", "content": reply.message["content"] + " (edited)"}
+    with pytest.raises(ValueError, match="verbatim"):
+        driven.run(client.create([*PROMPT, edited, {"role": "user", "content": "again"}]))
 
 
 @pytest.mark.parametrize(
