@@ -28,6 +28,10 @@ from relayrl.envs.base import Env, Message, StepResult, Task
 from relayrl.trajectory import EpisodeEnd
 
 
+class EngineFailure(RuntimeError):
+    """The engine itself failed: the worker's problem, never one episode's."""
+
+
 @dataclass(frozen=True)
 class ChatCompletion:
     """The slice of a chat-completions response an agent reads."""
@@ -96,7 +100,10 @@ class EngineChatClient:
             self.sampling, max_new_tokens=min(self.sampling.max_new_tokens, budget)
         )
         started = time.perf_counter()
-        [completion] = await self.engine.generate(list(self.episode.tokens), request, 1)
+        try:
+            [completion] = await self.engine.generate(list(self.episode.tokens), request, 1)
+        except Exception as exc:
+            raise EngineFailure(f"{type(exc).__name__}: {exc}") from exc
         self.generate_s += time.perf_counter() - started
         # The engine's own ids, log-probs and versions: the learner trains on exactly these.
         self._last_span = self.episode.add_sampled(completion)
@@ -171,6 +178,8 @@ class ChatCompletionsWorkflow:
             messages = await env.reset(task)
             recorded = RecordedEnv(env, client)
             end = await chat_agent(client, recorded, messages, context.agent.max_turns)
+        except EngineFailure:
+            raise  # the engine's failure ends the worker, as it does under the agent loop
         except Exception as exc:  # the env's (or the agent's) failure ends this episode only
             if client.episode is None:
                 client.episode = EpisodeBuilder(prompt_token_ids(context.tokenizer, task.messages))

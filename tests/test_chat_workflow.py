@@ -23,7 +23,7 @@ from relayrl.cluster.preflight import check_workflow
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.config_loader import load_config
-from relayrl.envs.base import Task
+from relayrl.envs.base import StepResult, Task
 from relayrl.envs.tool_calls import HermesFormat
 from relayrl.errors import JobConfigError
 from relayrl.metrics import read_metrics
@@ -169,7 +169,7 @@ def test_chat_episodes_are_what_the_agent_loop_would_record(
         assert_agent_loop_faithful(traj, _turn_calls(recording.calls, traj), env, tokenizer, PROMPT)
 
 
-def test_a_request_that_rewrites_the_reply_ends_the_episode_in_error(
+def test_a_request_that_rewrites_the_model_s_reply_is_refused(
     driven: DrivenEngine, tokenizer: Any
 ) -> None:
     """Changing the model's reply in the history would train tokens it never sampled."""
@@ -180,6 +180,26 @@ def test_a_request_that_rewrites_the_reply_ends_the_episode_in_error(
     edited = {"role": "assistant", "content": reply.message["content"] + " (edited)"}
     with pytest.raises(ValueError, match="verbatim"):
         driven.run(client.create([*PROMPT, edited, {"role": "user", "content": "again"}]))
+
+
+class StepFails(RecordingToolEnv):
+    async def step(self, action: str) -> StepResult:
+        raise KeyError("the reward service is down")
+
+
+def test_an_env_failure_ends_only_its_own_episode_masked(
+    driven: DrivenEngine, tokenizer: Any
+) -> None:
+    workflow = ChatCompletionsWorkflow.from_context(_context(driven.engine, tokenizer))
+    envs = [
+        StepFails(HermesFormat(), "echo", retry=True),
+        RecordingToolEnv(HermesFormat(), "echo", retry=True),
+    ]
+    failed, played = driven.run(workflow.run_group(Task(id="t", messages=PROMPT), envs))
+    assert failed.finish_reason is EpisodeEnd.ERROR and failed.episode.error == "KeyError"
+    assert not failed.to_trajectory("g", {}).loss_mask.any()
+    assert played.finish_reason is EpisodeEnd.MAX_TURNS
+    assert played.to_trajectory("g", {}).loss_mask.any()
 
 
 @pytest.mark.parametrize(
