@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import ray
@@ -18,6 +20,18 @@ class BacklogSource(Protocol):
     def backlog(self) -> int:
         """Entries in the stream the learner has not booked yet."""
         ...
+
+
+class Answer(StrEnum):
+    ADMITTED = "admitted"
+    TIMED_OUT = "timed_out"  # no room within the poll: ask again
+    STOPPING = "stopping"  # the job is ending: start nothing more
+
+
+@dataclass(frozen=True)
+class AdmissionReply:
+    answer: Answer
+    version: int | None = None  # the policy version the admitted samples start under
 
 
 class AdmissionState:
@@ -81,8 +95,8 @@ class RolloutController:
         await self._read_backlog()
         await self._wake_waiters()
 
-    async def acquire(self, worker_id: str, count: int, timeout_s: float) -> int | None:
-        """Returns the policy version once admitted, -1 on timeout, None when stopping."""
+    async def acquire(self, worker_id: str, count: int, timeout_s: float) -> AdmissionReply:
+        """Waits up to `timeout_s` for room for `count` samples."""
         state = self._state
         await self._refresh()
         async with self._changed:
@@ -92,11 +106,11 @@ class RolloutController:
                     timeout_s,
                 )
             except TimeoutError:
-                return -1
+                return AdmissionReply(Answer.TIMED_OUT)
             if state.stopping:
-                return None
+                return AdmissionReply(Answer.STOPPING)
             state.admit(worker_id, count)
-            return state.version
+            return AdmissionReply(Answer.ADMITTED, state.version)
 
     async def release(self, worker_id: str, count: int, produced: bool) -> None:
         # Read the backlog first: a pushed group must be counted before its slots are freed.
@@ -153,9 +167,9 @@ class ControllerGate:
 
     async def acquire(self, worker_id: str, count: int) -> int | None:
         while True:
-            version = await self._handle.acquire.remote(worker_id, count, self._poll_timeout_s)
-            if version != -1:
-                return version
+            reply = await self._handle.acquire.remote(worker_id, count, self._poll_timeout_s)
+            if reply.answer != Answer.TIMED_OUT:
+                return reply.version
 
     async def release(self, worker_id: str, count: int, produced: bool) -> None:
         await self._handle.release.remote(worker_id, count, produced)

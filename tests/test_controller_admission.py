@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import ray
 
-from relayrl.cluster.controller import ControllerRefill, RolloutController
+from relayrl.cluster.controller import (
+    AdmissionReply,
+    Answer,
+    ControllerRefill,
+    RolloutController,
+)
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD, RedisStreamBuffer
 from relayrl.learner.intake import BatchIntake
@@ -41,11 +46,12 @@ def test_admission_follows_the_stream_and_the_learner(redis_server, tmp_path):
         def snapshot() -> dict:
             return ray.get(controller.snapshot.remote())
 
-        assert ray.get(controller.acquire.remote("w0", 2, 1.0)) == 0
+        admitted = AdmissionReply(Answer.ADMITTED, version=0)
+        assert ray.get(controller.acquire.remote("w0", 2, 1.0)) == admitted
         buffer.push(group("a"))  # w0 is SIGKILLed here, between XADD and release
         assert ray.get(controller.forget_worker.remote("w0")) == 2
         assert snapshot()["capacity"] == 0  # a's samples are in the stream: no second batch
-        assert ray.get(controller.acquire.remote("w1", 2, 0.3)) == -1
+        assert ray.get(controller.acquire.remote("w1", 2, 0.3)).answer == Answer.TIMED_OUT
         assert ray.get(controller.release.remote("w0", 2, True)) is None  # a late release
         assert snapshot()["running"] == 0
 
@@ -61,5 +67,6 @@ def test_admission_follows_the_stream_and_the_learner(redis_server, tmp_path):
         assert buffer.read(10, block_ms=10) == []  # the junk is dead-lettered on delivery
         ray.get(controller.set_version.remote(1))
         assert snapshot()["backlog"] == 0 and snapshot()["capacity"] == 2
-        assert ray.get(controller.acquire.remote("w1", 2, 1.0)) == 1
+        admitted = AdmissionReply(Answer.ADMITTED, version=1)
+        assert ray.get(controller.acquire.remote("w1", 2, 1.0)) == admitted
         ray.get(controller.stop.remote())
