@@ -15,7 +15,8 @@ def dynamic_sampling_keep_mask(
     """[N] bool: False for every sample of a group whose rewards span <= reward_tolerance.
 
     Such a group has zero group-relative advantage everywhere, so it only dilutes the batch;
-    the learner drops it and reads more samples to refill the batch. A group of one is dropped.
+    the learner discards it (`DiscardReason.ZERO_VARIANCE`) and reads more samples to refill
+    the batch. A group of one is discarded.
     """
     index, sizes = group_index(group_ids)
     highest = group_reduce(rewards, index, len(sizes), "amax")
