@@ -15,7 +15,6 @@ import asyncio
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from relayrl.actors.rollout_worker import RolloutWorker
 from relayrl.cluster.embedded_redis import EmbeddedRedis
@@ -44,8 +43,6 @@ class FixedGate:
 class NoNewWeights:
     """A pull transport on which nothing is ever published."""
 
-    pushes = False
-
     def latest(self) -> WeightVersion | None:
         return None
 
@@ -57,12 +54,6 @@ class NoNewWeights:
 
     async def fetch_async(self, newer_than: int) -> None:
         return None
-
-    def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
-        """Nothing to do: workers pull."""
-
-    def detach(self, worker_id: str) -> None:
-        """Nothing to do: workers pull."""
 
 
 def run_once(

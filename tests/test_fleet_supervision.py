@@ -1,5 +1,5 @@
 """The rollout fleet on real Ray with real workers (tiny model, transformers engine): an
-engine is registered with the weight transport only once its worker has started, and a
+engine is registered in the engine roster only once its worker has started, and a
 worker whose run loop failed is killed (its process gone) before its replacement starts."""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from ray.exceptions import RayActorError
 from relayrl.cluster.controller import RolloutController
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.rollout_fleet import RolloutFleet
+from relayrl.cluster.weights.nccl_subscriber import PushedVersions
+from relayrl.cluster.weights.object_store import WeightStore
+from relayrl.cluster.weights.roster import EngineRoster, RosterClient
 from tests.worker_settings import tiny_worker_config
 
 pytestmark = pytest.mark.slow
@@ -25,25 +28,6 @@ pytestmark = pytest.mark.slow
 def ray_instance() -> Iterator[None]:
     with ray_session(2):
         yield
-
-
-class RegistrationLog:
-    """A push transport that only records which engines were registered and left."""
-
-    pushes = True
-
-    def __init__(self) -> None:
-        self.attached: list[str] = []
-        self.detached: list[str] = []
-
-    def latest(self) -> None:
-        return None
-
-    def attach(self, worker_id: str, receiver: Any, engine_world_size: int) -> None:
-        self.attached.append(worker_id)
-
-    def detach(self, worker_id: str) -> None:
-        self.detached.append(worker_id)
 
 
 class EmptyBacklog:
@@ -61,13 +45,15 @@ class RefusingGate:
         return None
 
 
-def fleet(model_path: str, weights: RegistrationLog, budget: int) -> RolloutFleet:
+def fleet(model_path: str, roster: RosterClient, budget: int) -> RolloutFleet:
     config = tiny_worker_config(
         fields={"rollout.cpus_per_worker": 0.5, "rollout.max_worker_restarts": budget}
     )
     controller = RolloutController.remote(4, 0, EmptyBacklog())
+    weights = PushedVersions(WeightStore.remote())
     return RolloutFleet(
         config, model_path, 0, None, weights, RefusingGate(), controller,  # type: ignore[arg-type]
+        engine_roster=roster,
     )  # fmt: skip
 
 
@@ -78,25 +64,25 @@ def _pid(handle: Any) -> int:
 def test_an_engine_is_registered_only_after_its_worker_started(
     ray_instance: None, tiny_model_path: str
 ) -> None:
-    weights = RegistrationLog()
-    workers = fleet(tiny_model_path, weights, budget=0)
+    roster = RosterClient(EngineRoster.remote(), timeout_s=60)
+    workers = fleet(tiny_model_path, roster, budget=0)
     worker_id = workers.add()
-    assert weights.attached == [], "registered while its engine was still being built"
+    assert roster.members() == [], "registered while its engine was still being built"
     # The fleet's own readiness ref: another ref to the same actor may resolve first.
     ray.get(workers._members[worker_id].ready_ref, timeout=120)
     workers._attach_ready()
-    assert weights.attached == [worker_id]
+    assert [(m.worker_id, m.joined) for m in roster.members()] == [(worker_id, 1)]
     workers._attach_ready()
-    assert weights.attached == [worker_id], "registered once"
+    assert [m.joined for m in roster.members()] == [1], "registered once"
     workers.remove(worker_id)
-    assert weights.detached == [worker_id]
+    assert roster.members() == []
 
 
 def test_a_failed_worker_is_killed_before_its_replacement_starts(
     ray_instance: None, tiny_model_path: str
 ) -> None:
-    weights = RegistrationLog()
-    workers = fleet(tiny_model_path, weights, budget=1)
+    roster = RosterClient(EngineRoster.remote(), timeout_s=60)
+    workers = fleet(tiny_model_path, roster, budget=1)
     first = workers.add()
     handle = workers.handle(first)
     pid = _pid(handle)
@@ -108,6 +94,6 @@ def test_a_failed_worker_is_killed_before_its_replacement_starts(
     with pytest.raises(RayActorError):
         ray.get(handle.__ray_ready__.remote(), timeout=30)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert weights.detached == [first]
+    assert first not in {m.worker_id for m in roster.members()}, "it left the roster"
     assert workers.worker_ids() == ["worker-1"]
     workers.stop(timeout_s=30)

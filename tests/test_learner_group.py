@@ -18,7 +18,11 @@ from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
-from relayrl.cluster.weight_store import ObjectStoreWeights, WeightStore
+from relayrl.cluster.weights.object_store import (
+    ObjectStorePublisher,
+    ObjectStoreSubscriber,
+    WeightStore,
+)
 from relayrl.config import JobConfig
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.trajectory import Trajectory
@@ -47,11 +51,12 @@ def start(
 ) -> tuple[LearnerGroup, RedisStreamBuffer, Any]:
     buffer = RedisStreamBuffer(url, stream, trim_acknowledged=False)
     buffer.ensure_group()
-    weights = ObjectStoreWeights(WeightStore.remote(), timeout_s=300)
+    store = WeightStore.remote()
+    publisher = ObjectStorePublisher(store, timeout_s=300)
     group = LearnerGroup(
-        config, model_path, buffer.with_consumer("learner-0"), weights, CountingRefill(), 600
+        config, model_path, buffer.with_consumer("learner-0"), publisher, CountingRefill(), 600
     )
-    return group, buffer, weights
+    return group, buffer, ObjectStoreSubscriber(store, timeout_s=300)
 
 
 class CountingRefill:

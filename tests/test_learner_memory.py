@@ -16,7 +16,12 @@ from transformers import AutoModelForCausalLM
 from relayrl.algorithm_config import AlgorithmConfig, EntropyConfig
 from relayrl.cluster.pipeline_meter import worker_memory
 from relayrl.cluster.ray_runtime import ray_session
-from relayrl.cluster.weight_store import ObjectStoreWeights, WeightStore, from_wire, to_wire
+from relayrl.cluster.weights.codec import from_wire, to_wire
+from relayrl.cluster.weights.object_store import (
+    ObjectStorePublisher,
+    ObjectStoreSubscriber,
+    WeightStore,
+)
 from relayrl.learner.algorithms.logprobs import token_entropy, token_logprobs
 from relayrl.learner.algorithms.types import LossInputs
 from relayrl.learner.batching import PaddedBatch, pad_rows
@@ -149,7 +154,7 @@ class Publisher:
     """A stand-in for the learner's process."""
 
     def __init__(self, store: ray.actor.ActorHandle) -> None:
-        self.weights = ObjectStoreWeights(store, timeout_s=60)
+        self.weights = ObjectStorePublisher(store, timeout_s=60)
 
     def publish(self, version: int, value: float) -> int:
         return self.weights.publish(version, {"w": torch.full((256, 256), value)}).version
@@ -160,7 +165,7 @@ def test_the_store_hands_out_one_version_and_a_reader_keeps_the_one_it_holds(
     ray_instance: None,
 ) -> None:
     store = WeightStore.remote()
-    reader = ObjectStoreWeights(store, timeout_s=60)
+    reader = ObjectStoreSubscriber(store, timeout_s=60)
     publisher = Publisher.remote(store)
     assert ray.get(publisher.publish.remote(1, 1.0)) == 1
     found = reader.fetch(0)

@@ -1,16 +1,17 @@
-"""The push weight transport's roster logic (cluster/nccl_weights.py) on a real Ray weight
-store: who gets which version, joins served between steps, leavers and failures dropped, and
-a worker that waits for the announced version before it generates.
+"""The NCCL transport's publisher (cluster/weights/nccl_publisher.py) on a real Ray weight
+store and engine roster: who gets which version, joins served between steps, leavers and
+failures dropped, and a worker that waits for the announced version before it generates.
 
-NCCL itself needs GPUs; here a recording sender stands in for the broadcast (the real one is
-exercised by the gpu-marked test in test_vllm_engine.py)."""
+NCCL itself needs GPUs; here a recording sender stands in for the broadcast and takes the
+bucket stream the way the real one does (the real one is exercised by the gpu-marked tests in
+test_vllm_engine.py and test_gpu_publish.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import pickle
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,9 +19,17 @@ import ray
 import torch
 
 from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout
-from relayrl.cluster.nccl_weights import NcclPushWeights, kill_engine_worker
 from relayrl.cluster.ray_runtime import ray_session
-from relayrl.cluster.weight_store import EngineMember, WeightStore
+from relayrl.cluster.weights.nccl_publisher import NcclPublisher, kill_engine_worker
+from relayrl.cluster.weights.nccl_subscriber import PushedVersions
+from relayrl.cluster.weights.object_store import (
+    ObjectStorePublisher,
+    ObjectStoreSubscriber,
+    WeightStore,
+)
+from relayrl.cluster.weights.roster import EngineMember, EngineRoster, RosterClient
+from relayrl.cluster.weights.transport import build_weight_transport
+from relayrl.weights import EnginePusher, TensorMeta, WeightPuller
 from tests.worker_settings import tiny_worker_config
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
@@ -33,7 +42,8 @@ def ray_instance() -> Iterator[None]:
 
 
 class RecordingSenders:
-    """Sender factory: each sender logs (worker, version) and fails when told to."""
+    """Sender factory: each sender takes the whole stream, logs (worker, version) and fails
+    when told to."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, int]] = []
@@ -46,14 +56,19 @@ class RecordingSenders:
     def drop(self, member: EngineMember) -> None:
         self.dropped.append(member.worker_id)
 
-    def __call__(self, member: EngineMember, state: Mapping[str, torch.Tensor]) -> Any:
+    def __call__(self, member: EngineMember, metadata: list[TensorMeta]) -> Any:
         self.opened.append((member.worker_id, member.joined))
         senders = self
 
         class Sender:
-            def send(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+            def send(
+                self, version: int, metadata: list[TensorMeta], tensors: Iterator[Any]
+            ) -> None:
                 if member.worker_id in senders.failing:
                     raise TimeoutError("NCCL weight sync took over 1 s")
+                # A bucket's tensors are valid until the next is asked for: copy them.
+                state = {name: tensor.clone() for name, tensor in tensors}
+                assert list(state) == [meta.name for meta in metadata]
                 senders.sent.append((member.worker_id, version))
                 if senders.on_send is not None:
                     senders.on_send(state, version)
@@ -68,53 +83,86 @@ class RecordingSenders:
         return sorted(sent)
 
 
-def push_weights(senders: RecordingSenders) -> tuple[NcclPushWeights, Any]:
+def push_weights(
+    senders: RecordingSenders, roster_poll_s: float = 0.0
+) -> tuple[NcclPublisher, PushedVersions, RosterClient]:
     store = WeightStore.remote()
-    weights = NcclPushWeights(
+    roster = RosterClient(EngineRoster.remote(), timeout_s=60)
+    publisher = NcclPublisher(
         store,
+        roster,
         bucket_bytes=1 << 20,
-        timeout_s=1,
+        timeout_s=5,
         sender_factory=senders,
-        roster_poll_s=0.0,
+        roster_poll_s=roster_poll_s,
         on_dropped=senders.drop,
     )
-    return weights, store
+    return publisher, PushedVersions(store, timeout_s=60), roster
 
 
 def test_versions_reach_current_members_and_joins_between_steps(ray_instance: None) -> None:
     senders = RecordingSenders()
-    weights, _ = push_weights(senders)
+    publisher, subscriber, roster = push_weights(senders)
 
-    info = weights.publish(0, STATE)
-    assert weights.latest() == info and weights.fetch(-1) is None
+    info = publisher.publish(0, STATE)
+    assert subscriber.latest() == info
     assert info.checksum == "" and info.num_bytes == 36, "no host copy to checksum"
     assert senders.take() == []
 
-    weights.attach("a", "receiver-a", 1)
-    weights.serve_joins()
+    roster.join("a", "receiver-a", 1)
+    publisher.serve_joins()
     assert senders.take() == [("a", 0)]
-    weights.serve_joins()
+    publisher.serve_joins()
     assert senders.take() == [], "a member already holding the version gets nothing"
 
-    weights.publish(1, STATE)
-    weights.attach("b", "receiver-b", 2)
-    weights.serve_joins()
+    publisher.publish(1, STATE)
+    roster.join("b", "receiver-b", 2)
+    publisher.serve_joins()
     assert senders.take() == [("a", 1), ("b", 1)]
-    assert weights.members() == ["a", "b"]
+    assert publisher.members() == ["a", "b"]
 
-    weights.detach("a")
-    weights.publish(2, STATE)
+    roster.leave("a")
+    publisher.publish(2, STATE)
     assert senders.take() == [("b", 2)]
     assert senders.closed == ["a"]
 
 
+def test_each_side_is_only_what_it_can_do(ray_instance: None) -> None:
+    publisher, subscriber, _ = push_weights(RecordingSenders())
+    store = WeightStore.remote()
+    assert isinstance(publisher, EnginePusher) and not isinstance(subscriber, WeightPuller)
+    assert isinstance(ObjectStoreSubscriber(store), WeightPuller)
+    assert not isinstance(ObjectStorePublisher(store), EnginePusher)
+
+
+def test_the_config_picks_both_sides_and_the_roster(ray_instance: None) -> None:
+    pulled = build_weight_transport(tiny_worker_config(), call_timeout_s=60)
+    assert isinstance(pulled.subscriber, WeightPuller) and pulled.roster is None
+    nccl = tiny_worker_config(
+        fields={
+            "rollout.engine": "vllm",
+            "rollout.gpus_per_worker": 1,
+            "rollout.weight_transport": "nccl",
+            "rollout.weight_update": "interrupt",
+            "learner.gpus_per_rank": 1,
+            "rollout.vllm.weight_bucket_mib": 8,
+        }
+    )
+    pushed = build_weight_transport(nccl, call_timeout_s=60)
+    assert isinstance(pushed.publisher, EnginePusher)
+    assert pushed.publisher.bucket_bytes == 8 << 20
+    assert not isinstance(pushed.subscriber, WeightPuller) and pushed.roster is not None
+    pushed.roster.join("w", "receiver-w", 1)
+    assert [m.worker_id for m in pushed.roster.members()] == ["w"]
+
+
 def test_a_restarted_engine_gets_a_new_group(ray_instance: None) -> None:
     senders = RecordingSenders()
-    weights, _ = push_weights(senders)
-    weights.attach("a", "receiver-a", 1)
-    weights.publish(1, STATE)
-    weights.attach("a", "receiver-a-restarted", 1)
-    weights.serve_joins()
+    publisher, _, roster = push_weights(senders)
+    roster.join("a", "receiver-a", 1)
+    publisher.publish(1, STATE)
+    roster.join("a", "receiver-a-restarted", 1)
+    publisher.serve_joins()
     assert senders.take() == [("a", 1), ("a", 1)]
     assert [worker for worker, _ in senders.opened] == ["a", "a"]
     assert senders.opened[0][1] < senders.opened[1][1]
@@ -123,36 +171,70 @@ def test_a_restarted_engine_gets_a_new_group(ray_instance: None) -> None:
 
 def test_a_failed_push_drops_that_engine_only(ray_instance: None) -> None:
     senders = RecordingSenders()
-    weights, store = push_weights(senders)
+    publisher, subscriber, roster = push_weights(senders)
     for worker in ("a", "b", "c"):
-        weights.attach(worker, f"receiver-{worker}", 1)
+        roster.join(worker, f"receiver-{worker}", 1)
     senders.failing.add("b")
 
-    info = weights.publish(5, STATE)
+    info = publisher.publish(5, STATE)
 
     assert senders.take() == [("a", 5), ("c", 5)]
     assert senders.closed == ["b"] and senders.dropped == ["b"]
-    assert sorted(m.worker_id for m in ray.get(store.engines.remote())) == ["a", "c"]
-    assert weights.latest() == info, "the version is announced even when one engine fails"
-    weights.publish(6, STATE)
+    assert sorted(m.worker_id for m in roster.members()) == ["a", "c"]
+    assert subscriber.latest() == info, "the version is announced even when one engine fails"
+    publisher.publish(6, STATE)
     assert senders.take() == [("a", 6), ("c", 6)]
 
 
 def test_engines_are_pushed_at_once_and_each_push_is_reported(ray_instance: None) -> None:
     senders = RecordingSenders()
-    weights, _ = push_weights(senders)
+    publisher, _, roster = push_weights(senders)
     for worker in ("a", "b", "c"):
-        weights.attach(worker, f"receiver-{worker}", 1)
-    both_in_flight = threading.Barrier(3, timeout=30)  # breaks if pushes run one by one
-    senders.on_send = lambda state, version: both_in_flight.wait()
+        roster.join(worker, f"receiver-{worker}", 1)
+    all_in_flight = threading.Barrier(3, timeout=30)  # breaks if pushes run one by one
+    senders.on_send = lambda state, version: all_in_flight.wait()
 
-    weights.publish(4, STATE)
+    publisher.publish(4, STATE)
 
     assert senders.take() == [("a", 4), ("b", 4), ("c", 4)] and senders.dropped == []
-    reports = weights.take_push_reports()
+    reports = publisher.take_push_reports()
     assert sorted(r.worker_id for r in reports) == ["a", "b", "c"]
     assert all(r.version == 4 and r.num_bytes == 36 and r.seconds >= 0 for r in reports)
-    assert weights.take_push_reports() == [], "each push is reported once"
+    assert publisher.take_push_reports() == [], "each push is reported once"
+
+
+class OneShotStream:
+    """A stream that can be iterated once (as a ZeRO-3 gather is), counting its passes."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def metadata(self) -> list[TensorMeta]:
+        return [TensorMeta(name, t.dtype, tuple(t.shape)) for name, t in STATE.items()]
+
+    def __iter__(self) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        self.passes += 1
+        for name, tensor in STATE.items():
+            yield [(name, tensor)]
+
+
+def test_a_gathered_stream_is_sent_once_to_all_and_joiners_wait_for_the_next(
+    ray_instance: None,
+) -> None:
+    senders = RecordingSenders()
+    publisher, _, roster = push_weights(senders)
+    for worker in ("a", "b"):
+        roster.join(worker, f"receiver-{worker}", 1)
+    stream = OneShotStream()
+
+    publisher.publish_buckets(7, stream)
+
+    assert stream.passes == 1 and senders.take() == [("a", 7), ("b", 7)]
+    roster.join("late", "receiver-late", 1)
+    publisher.serve_joins()
+    assert senders.take() == [], "the gathered version is not held to be sent again"
+    publisher.publish_buckets(8, OneShotStream())
+    assert senders.take() == [("a", 8), ("b", 8), ("late", 8)]
 
 
 @ray.remote(num_cpus=0)
@@ -173,16 +255,16 @@ def test_a_dropped_engine_s_worker_is_killed(ray_instance: None) -> None:
 
 def test_what_travels_to_actors_carries_no_groups_or_weights(ray_instance: None) -> None:
     senders = RecordingSenders()
-    weights, _ = push_weights(senders)
-    weights.attach("a", "receiver-a", 1)
-    weights.publish(1, STATE)
-    copy = pickle.loads(pickle.dumps(weights))
-    assert copy.members() == [] and copy.latest().version == 1
+    publisher, _, roster = push_weights(senders)
+    roster.join("a", "receiver-a", 1)
+    publisher.publish(1, STATE)
+    copy = pickle.loads(pickle.dumps(publisher))
+    assert copy.members() == [] and copy.bucket_bytes == publisher.bucket_bytes
     copy.serve_joins()
     assert senders.take() == [("a", 1)], "the copy never published, so it sends nothing"
 
 
-def _worker(model_path: str, weights: NcclPushWeights, wait_s: float) -> RolloutWorker:
+def _worker(model_path: str, weights: PushedVersions, wait_s: float) -> RolloutWorker:
     # A worker waits one learner batch plus one weight sync for a pushed version.
     config = tiny_worker_config(
         fields={
@@ -197,10 +279,10 @@ def test_a_joining_worker_waits_for_the_pushed_version(
     ray_instance: None, tiny_model_path: str
 ) -> None:
     senders = RecordingSenders()
-    weights, _ = push_weights(senders)
-    worker = _worker(tiny_model_path, weights, wait_s=120)
+    publisher, subscriber, roster = push_weights(senders)
+    worker = _worker(tiny_model_path, subscriber, wait_s=120)
     trained = {name: tensor + 0.5 for name, tensor in worker.engine._model.state_dict().items()}
-    weights.publish(3, trained)  # before the worker joined: nobody received it
+    publisher.publish(3, trained)  # before the worker joined: nobody received it
     loop = asyncio.new_event_loop()
     senders.on_send = lambda state, version: asyncio.run_coroutine_threadsafe(
         worker.engine.update_weights(state, version), loop
@@ -211,8 +293,8 @@ def test_a_joining_worker_waits_for_the_pushed_version(
         waiting = asyncio.run_coroutine_threadsafe(worker.sync_weights(), loop)
         with pytest.raises(TimeoutError):
             waiting.result(timeout=1.0)  # still waiting: the version was only announced
-        weights.attach("w0", "receiver-w0", 1)
-        weights.serve_joins()
+        roster.join("w0", "receiver-w0", 1)
+        publisher.serve_joins()
         assert waiting.result(timeout=60) == 3
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -224,11 +306,18 @@ def test_a_joining_worker_waits_for_the_pushed_version(
 def test_a_version_that_never_arrives_fails_the_worker_with_its_cause(
     ray_instance: None, tiny_model_path: str
 ) -> None:
-    weights, _ = push_weights(RecordingSenders())
-    worker = _worker(tiny_model_path, weights, wait_s=1.0)
-    weights.publish(2, STATE)
+    publisher, subscriber, _ = push_weights(RecordingSenders())
+    worker = _worker(tiny_model_path, subscriber, wait_s=1.0)
+    publisher.publish(2, STATE)
     with pytest.raises(WeightWaitTimeout, match=r"w0: weights v2 were announced but not"):
         asyncio.run(worker.sync_weights())
+
+
+def test_an_engine_without_push_support_says_so(ray_instance: None, tiny_model_path: str) -> None:
+    _, subscriber, _ = push_weights(RecordingSenders())
+    worker = _worker(tiny_model_path, subscriber, wait_s=1.0)
+    with pytest.raises(TypeError, match=r"w0: the transformers engine takes no pushes"):
+        asyncio.run(worker.begin_weight_transfer())
 
 
 @ray.remote(num_cpus=0)
@@ -241,7 +330,7 @@ def test_an_engine_call_that_hangs_times_out_naming_the_worker_and_call(
     ray_instance: None,
 ) -> None:
     pytest.importorskip("vllm")
-    from relayrl.cluster.nccl_sender import RayEngineReceiver, WeightSyncTimeout
+    from relayrl.cluster.weights.nccl_sender import RayEngineReceiver, WeightSyncTimeout
 
     receiver = RayEngineReceiver(StuckEngine.remote(), timeout_s=0.5, name="worker-3")
     with pytest.raises(WeightSyncTimeout, match=r"worker-3\.begin_weight_transfer took over"):
@@ -250,14 +339,11 @@ def test_an_engine_call_that_hangs_times_out_naming_the_worker_and_call(
 
 def test_the_roster_is_read_at_most_once_per_poll_interval(ray_instance: None) -> None:
     senders = RecordingSenders()
-    weights = NcclPushWeights(
-        WeightStore.remote(), bucket_bytes=1, timeout_s=1, sender_factory=senders,
-        roster_poll_s=60.0,
-    )  # fmt: skip
-    weights.publish(0, STATE)
-    weights.serve_joins()
-    weights.attach("late", "receiver-late", 1)
-    weights.serve_joins()
+    publisher, _, roster = push_weights(senders, roster_poll_s=60.0)
+    publisher.publish(0, STATE)
+    publisher.serve_joins()
+    roster.join("late", "receiver-late", 1)
+    publisher.serve_joins()
     assert senders.take() == [], "within the interval the roster is not read again"
-    weights.publish(1, STATE)
+    publisher.publish(1, STATE)
     assert senders.take() == [("late", 1)], "a publish always reads the roster"

@@ -12,20 +12,12 @@ from safetensors.torch import load_file
 from relayrl.actors.vllm_weight_sync.shm_buckets import (
     SHARED_MEMORY_DIR,
     StagedWeights,
-    plan_buckets,
     staging_root,
 )
 
 
 def _tensor(num_floats: int) -> torch.Tensor:
     return torch.arange(num_floats, dtype=torch.float32)
-
-
-def test_buckets_keep_state_order_and_stay_under_the_limit() -> None:
-    state = {"a": _tensor(10), "b": _tensor(10), "c": _tensor(30), "d": _tensor(5)}
-
-    assert plan_buckets(state, bucket_bytes=80) == [["a", "b"], ["c"], ["d"]]
-    assert plan_buckets(state, bucket_bytes=1 << 20) == [["a", "b", "c", "d"]]
 
 
 def test_staged_files_round_trip_tied_and_strided_tensors() -> None:

@@ -70,8 +70,6 @@ class HeldWeights:
     """A pull transport holding one published version in memory; `fetch_delay_s` stands for
     a slow store."""
 
-    pushes = False
-
     def __init__(self, fetch_delay_s: float = 0.0) -> None:
         self.published: tuple[WeightVersion, dict[str, torch.Tensor]] | None = None
         self.fetch_delay_s = fetch_delay_s
@@ -97,12 +95,6 @@ class HeldWeights:
             self.fetches += 1
             await asyncio.sleep(self.fetch_delay_s)
         return found
-
-    def attach(self, worker_id, receiver, engine_world_size) -> None:
-        """Nothing to do: workers pull."""
-
-    def detach(self, worker_id) -> None:
-        """Nothing to do: workers pull."""
 
 
 @pytest.fixture

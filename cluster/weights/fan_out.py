@@ -76,8 +76,9 @@ def fan_out(
     settle: Callable[[], None],
 ) -> dict[_Key, _Result | BaseException]:
     """Run every consumer on its own thread over one pass of `buckets`, which this thread
-    iterates to the end whatever the consumers do (it may be a collective). `settle` runs
-    before each bucket is let go: work the senders queued on it (GPU copies) must land."""
+    iterates to the end whatever the consumers do (it may be a collective). A consumer that
+    has not taken a bucket `timeout_s` after it was offered is left out. `settle` runs before
+    each bucket is let go: work the senders queued on it (GPU copies) must land."""
     feeds: dict[_Key, _Feed[_Result]] = {key: _Feed() for key in consumers}
     threads = [
         threading.Thread(target=feeds[key].run, args=(consume,), name="relayrl-push", daemon=True)
@@ -85,12 +86,13 @@ def fan_out(
     ]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + timeout_s
     try:
         for bucket in buckets:
             live = [feed for feed in feeds.values() if feed.live]
             for feed in live:
                 feed.offer(bucket)
+            # Each bucket gets its own bound: one stuck sender must not eat the others' time.
+            deadline = time.monotonic() + timeout_s
             for feed in live:
                 if not feed.wait_taken(deadline - time.monotonic()) and feed.live:
                     feed.leave_out()
@@ -98,6 +100,7 @@ def fan_out(
     finally:
         for feed in feeds.values():
             feed.close()
+    deadline = time.monotonic() + timeout_s
     for feed in feeds.values():
         if feed.live and not feed.ended.wait(max(deadline - time.monotonic(), 0.0)):
             feed.leave_out()
