@@ -37,6 +37,7 @@ from relayrl.errors import JobConfigError
 from relayrl.learner.checkpoint import latest_checkpoint
 from relayrl.metrics import MetricsWriter
 from relayrl.models import resolve_model
+from relayrl.trackers import open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,10 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
             controller,
             engine_roster=weights.roster,
         )
-        writer = MetricsWriter(output_dir, tensorboard=config.output.tensorboard)
+        trackers = open_trackers(
+            config.output.loggers, config.name, output_dir, config.model_dump(mode="json")
+        )
+        writer = MetricsWriter(output_dir, config.output.tensorboard, trackers)
         stack.callback(writer.close)
         runtime = JobRuntime(
             config=config,

@@ -17,6 +17,7 @@ from relayrl.config import JobConfig, non_finite_floats, redact_url
 from relayrl.envs.registry import EnvConfigError, validate_env_params
 from relayrl.envs.sandbox.preflight import sandbox_preflight
 from relayrl.errors import JobConfigError
+from relayrl.trackers import require_trackers
 
 RECONNECT_EVERY_S = 0.5
 
@@ -187,6 +188,7 @@ def preflight(config: JobConfig) -> None:
     check_output_dir(config)
     check_env(config)
     check_workflow(config)
+    require_trackers(config.output.loggers)
     sandbox_preflight(config)
     check_custom_loss(config)
     check_buffer(config)

@@ -20,6 +20,7 @@ from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.autoscale_config import AutoscaleConfig
 from relayrl.eval_config import EvalConfig
 from relayrl.sft_config import SftConfig
+from relayrl.tracker_config import TrackerConfig
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -422,6 +423,12 @@ class OutputConfig(Section):
     dir: str = Field("runs/{name}", description="The job's folder; {name} is the job name.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
     plot: bool = Field(True, description="Plot the reward curve at the end.")
+    loggers: list[TrackerConfig] = Field(
+        default_factory=list,
+        description="Experiment trackers the metrics also go to: {name: wandb, project, "
+        "entity, mode, tags} or {name: mlflow, tracking_uri, experiment}; each needs its "
+        "package installed.",
+    )
 
     @field_validator("dir")
     @classmethod

@@ -1,15 +1,29 @@
-"""Per-step training metrics as JSON lines (and TensorBoard events when enabled)."""
+"""Per-step training metrics as JSON lines, TensorBoard events when enabled, and the
+experiment trackers of `output.loggers` (W&B, MLflow) when configured."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from relayrl.trackers import Tracker
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers among `metrics`: what a chart can draw."""
+    return {
+        key: value
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
 
 class MetricsWriter:
-    def __init__(self, folder: Path, tensorboard: bool) -> None:
+    def __init__(self, folder: Path, tensorboard: bool, trackers: Sequence[Tracker] = ()) -> None:
+        self._trackers = list(trackers)
         folder.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = folder / "metrics.jsonl"
         self._jsonl = self.jsonl_path.open("a")
@@ -24,17 +38,20 @@ class MetricsWriter:
         record = {"step": step, **metrics}
         self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
         self._jsonl.flush()
+        charted = numeric(metrics)
         if self._tb is not None:
-            for key, value in metrics.items():
-                is_number = isinstance(value, int | float) and not isinstance(value, bool)
-                if is_number and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in charted.items():
+                self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        for tracker in self._trackers:
+            tracker.log(step, charted)
 
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
