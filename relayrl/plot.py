@@ -44,11 +44,26 @@ def draw_rewards(ax: Any, xs: list[float], records: list[dict[str, Any]]) -> Non
     ax.set_ylabel("reward")
 
 
+# Held-out figures drawn over the training reward, when the run evaluated.
+EVAL_CURVES = {"eval/accuracy": "eval accuracy", "eval/sampled/pass@1": "eval sampled pass@1"}
+
+
+def draw_eval(ax: Any, records: list[dict[str, Any]]) -> None:
+    """Held-out accuracy at the steps it evaluated (`eval/step`), with markers."""
+    for key, label in EVAL_CURVES.items():
+        points = [(r.get("eval/step", r["step"]), r[key]) for r in records if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o", linewidth=2.0, label=label)
+            ax.set_ylabel("reward, eval accuracy")
+
+
 def plot_rewards(metrics_path: Path, out_path: Path, title: str) -> Path:
     plt = pyplot()
     records = [r for r in read_metrics(metrics_path) if keys.REWARD_MEAN in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     draw_rewards(ax, [r["step"] for r in records], records)
+    draw_eval(ax, records)
     ax.set_xlabel("learner step")
     ax.set_title(title)
     ax.grid(alpha=0.3)

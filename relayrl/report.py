@@ -70,9 +70,9 @@ def _chart(title: str, ylabel: str, xs: list[float], draw: Any) -> str:
     return f'<h2>{name}</h2>\n<img alt="{name}" src="data:image/png;base64,{encoded}">'
 
 
-def _lines(xs: list[float], records: list[dict[str, Any]], keys: tuple[str, ...]) -> Any:
+def _lines(xs: list[float], records: list[dict[str, Any]], series: tuple[str, ...]) -> Any:
     def draw(ax: Any) -> None:
-        for key in keys:
+        for key in series:
             values = [r.get(key, math.nan) for r in records]
             # A fleet size holds until it changes: draw it as steps, not slopes.
             style = {"drawstyle": "steps-post"} if key == keys.ROLLOUT_WORKERS else {}
