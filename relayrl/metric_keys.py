@@ -100,10 +100,6 @@ def staleness_hist(versions_behind: int) -> str:
     return f"staleness/hist_{versions_behind}"
 
 
-def learner_memory(figure: str) -> str:
-    return f"memory/learner_{figure}"
-
-
 def loss_part(name: str) -> str:
     return f"loss/{name}"
 
