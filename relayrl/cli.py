@@ -4,6 +4,7 @@ run lazily, so `relayrl --help` and config errors stay fast."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -11,6 +12,7 @@ from types import FrameType
 
 from relayrl.cli_config import add_config_command
 from relayrl.cli_eval import add_eval_command
+from relayrl.cli_sft import add_sft_commands
 from relayrl.config_loader import load_config
 from relayrl.errors import JobConfigError, UserError
 
@@ -42,6 +44,8 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         print(f"relayrl: stopped ({exc or 'interrupted'}); resume with --resume", file=sys.stderr)
         return 130
+    if result.stopped:
+        print(f"stopped on request after step {result.steps}; resume with --resume")
     print(f"trained {result.steps} steps; outputs in {result.output_dir}")
     print(f"  checkpoint (Hugging Face format): {result.checkpoint}")
     print(f"  metrics (JSON lines):             {result.metrics}")
@@ -59,6 +63,32 @@ def _scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from relayrl.cluster.job_commands import job_status, job_target
+    from relayrl.cluster.job_status import render_status
+
+    status = job_status(job_target(args.job, args.overrides))
+    print(json.dumps(status, indent=1) if args.json else "\n".join(render_status(status)))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from relayrl.cluster.job_commands import has_ended, job_target, stop_job
+    from relayrl.cluster.job_control import StopMode
+
+    target = job_target(args.job, args.overrides)
+    mode = StopMode.NOW if args.now else StopMode.GRACEFUL
+    status = stop_job(target, mode, args.timeout_s)
+    if not has_ended(status):
+        print(f"relayrl: {target.name} did not stop within {args.timeout_s:g}s", file=sys.stderr)
+        return 1
+    print(
+        f"{target.name}: {status['state']} at step {status.get('step', 0)}; "
+        f"checkpoint {status.get('checkpoint')}; resume with relayrl train --resume"
+    )
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from relayrl.cluster.audit import audit_run
 
@@ -71,6 +101,18 @@ def _sandbox(args: argparse.Namespace) -> int:
     from relayrl.envs.sandbox.cli import main as sandbox_main
 
     return sandbox_main(args.sandbox_args)
+
+
+def _add_job_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="the job's config (YAML) or its output folder")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.SUB=VALUE",
+        help="the same overrides the job was started with (with a config)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +146,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same overrides the job was started with",
     )
     scale.set_defaults(handler=_scale)
+    status = commands.add_parser(
+        "status", help="show a job: live through Ray while it runs, else from its output folder"
+    )
+    _add_job_argument(status)
+    status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    status.set_defaults(handler=_status)
+    stop = commands.add_parser(
+        "stop",
+        help="stop a running job: it finishes its step, checkpoints and shuts its fleet down "
+        "(resume with train --resume)",
+    )
+    _add_job_argument(stop)
+    stop.add_argument(
+        "--now",
+        action="store_true",
+        help="interrupt at once; a resume starts from the last periodic checkpoint",
+    )
+    stop.add_argument(
+        "--timeout-s",
+        type=float,
+        default=3600.0,
+        help="how long to wait for the job to say it stopped (exit 1 if it did not)",
+    )
+    stop.set_defaults(handler=_stop)
     audit = commands.add_parser(
         "audit",
         help="check a run (live or finished) against its stream and ledger: every entry "
@@ -117,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     sandbox.set_defaults(handler=_sandbox)
     add_eval_command(commands)
+    add_sft_commands(commands)
     add_config_command(commands)
     return parser
 
