@@ -8,14 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from relayrl.actors.engine import Engine, SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.chat_format import prompt_token_ids
-from relayrl.learner.algorithms.logprobs import token_logprobs
-
-
-def learner_logprobs(model, prompt: list[int], completion: list[int], temperature: float):
-    tokens = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        logits = model(input_ids=tokens).logits
-    return token_logprobs(logits, tokens, temperature)[0, len(prompt) :]
+from tests.reference_logprobs import completion_logprobs
 
 
 def test_engine_logprobs_match_the_learner_before_and_after_an_update(tiny_model_path) -> None:
@@ -33,7 +26,7 @@ def test_engine_logprobs_match_the_learner_before_and_after_an_update(tiny_model
     for completion in completions:
         assert 1 <= len(completion.token_ids) <= 10
         assert completion.versions == [0] * len(completion.token_ids)
-        expected = learner_logprobs(model, prompt, completion.token_ids, 0.7)
+        expected = completion_logprobs(model, prompt, completion.token_ids, 0.7)
         torch.testing.assert_close(
             torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=1e-4
         )
@@ -50,9 +43,12 @@ def test_engine_logprobs_match_the_learner_before_and_after_an_update(tiny_model
     assert completion.versions == [5] * len(completion.token_ids)
     reported = torch.tensor(completion.logprobs)
     torch.testing.assert_close(
-        reported, learner_logprobs(updated, prompt, completion.token_ids, 0.7), atol=1e-4, rtol=1e-4
+        reported,
+        completion_logprobs(updated, prompt, completion.token_ids, 0.7),
+        atol=1e-4,
+        rtol=1e-4,
     )
-    stale = learner_logprobs(model, prompt, completion.token_ids, 0.7)
+    stale = completion_logprobs(model, prompt, completion.token_ids, 0.7)
     assert (reported - stale).abs().max() > 1e-2
 
 

@@ -33,8 +33,8 @@ from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.token_scores import token_scores
 from relayrl.models import cache_root
-from relayrl.ports import free_port
 from relayrl.process_memory import process_memory
+from tests.free_ports import on_a_free_port
 from tests.learner_data import TrajectoryMaker, learner_config
 
 
@@ -201,7 +201,7 @@ def test_a_deepspeed_step_from_hidden_states_matches_the_full_logits_step(
     )
     trajectories = TrajectoryMaker(tiny_model_path).group([1.0, 0.0, 0.0, 1.0], 4, 6)
     learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=None)
-    learner.setup("127.0.0.1", free_port())
+    on_a_free_port(lambda port: learner.setup("127.0.0.1", port))
     assert learner.update is not None
     plan = rank_micro_batches(trajectories, 0, 1, config.learner.micro_batch_tokens)
     assert len(plan) == 2

@@ -9,13 +9,7 @@ from relayrl.actors.engine import SamplingSettings
 from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
 from relayrl.actors.resuming_engine import ResumingEngine
 from relayrl.chat_format import prompt_token_ids
-from relayrl.learner.algorithms.logprobs import token_logprobs
-
-
-def logprobs_under(model, tokens: list[int], start: int) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([tokens])).logits
-    return token_logprobs(logits, torch.tensor([tokens]), 1.0)[0, start:]
+from tests.reference_logprobs import completion_logprobs
 
 
 def perturbed(model_path: str, seed: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -75,15 +69,11 @@ def assert_switched_once(completion, prompt, old, new, length: int) -> None:
     assert versions[0] == 0 and versions[-1] == 1
     switch = versions.index(1)
     assert set(versions[:switch]) == {0} and set(versions[switch:]) == {1}
-    tokens = prompt + completion.token_ids
     reported = torch.tensor(completion.logprobs)
-    start = len(prompt)
-    torch.testing.assert_close(
-        reported[:switch], logprobs_under(old, tokens, start)[:switch], atol=1e-4, rtol=1e-4
-    )
-    torch.testing.assert_close(
-        reported[switch:], logprobs_under(new, tokens, start)[switch:], atol=1e-4, rtol=1e-4
-    )
+    under_old = completion_logprobs(old, prompt, completion.token_ids)
+    under_new = completion_logprobs(new, prompt, completion.token_ids)
+    torch.testing.assert_close(reported[:switch], under_old[:switch], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(reported[switch:], under_new[switch:], atol=1e-4, rtol=1e-4)
 
 
 def test_concurrent_calls_in_one_batch_all_resume_under_one_load(tiny_model_path) -> None:
