@@ -7,8 +7,10 @@ own processes, so it lives in a module fixture and is driven from one event-loop
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -19,10 +21,18 @@ pytest.importorskip("vllm")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from relayrl.actors.engine import Completion, SamplingSettings
+from relayrl.actors.engine import (
+    Completion,
+    InterruptibleEngine,
+    LoadsWeightsInPlace,
+    ReceivesPushes,
+    SamplingSettings,
+)
 from relayrl.actors.vllm_engine import VLLMEngine, WeightSyncError
 from relayrl.config import VLLMConfig
 from relayrl.ports import free_port
+from relayrl.weight_buckets import state_metadata
+from relayrl.weights import TensorMeta
 from tests.engine_harness import CALL_TIMEOUT_S, EngineLoop
 from tests.engine_harness import LOGPROB_ATOL as ENGINE_LOGPROB_ATOL
 
@@ -111,6 +121,11 @@ def max_gap(
 BASE = SamplingSettings(max_new_tokens=48, temperature=TEMPERATURE, seed=7)
 
 
+def test_the_engine_declares_what_it_can_do(engine: VLLMEngine) -> None:
+    assert isinstance(engine, LoadsWeightsInPlace) and isinstance(engine, ReceivesPushes)
+    assert not isinstance(engine, InterruptibleEngine), "it pauses instead of interrupting"
+
+
 def test_logprobs_match_a_transformers_forward_pass(
     engine_loop: EngineLoop,
     engine: VLLMEngine,
@@ -185,10 +200,11 @@ def test_a_request_paused_across_an_update_resumes_under_the_new_version(
     prompt: list[int],
 ) -> None:
     old_version = weights.load(reference_model.state_dict())
-    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
-    running = engine_loop.start(engine.generate(prompt, settings, n=1))
-    # Update after roughly the first 60 of several hundred tokens.
-    time.sleep(60 * seconds_per_token)
+    settings = _long_running_settings(engine_loop, engine, prompt)
+    with tokens_streamed(engine, 60) as sampling:
+        running = engine_loop.start(engine.generate(prompt, settings, n=1))
+        # Update once the first 60 of several hundred tokens are out.
+        assert sampling.wait(CALL_TIMEOUT_S)
     new_model = perturbed(reference_model, seed=2)
     new_version = weights.load(new_model.state_dict())
     [completion] = running.result(CALL_TIMEOUT_S)
@@ -207,9 +223,10 @@ def test_a_request_paused_across_an_update_resumes_under_the_new_version(
 def test_abort_returns_the_tokens_sampled_so_far(
     engine_loop: EngineLoop, engine: VLLMEngine, prompt: list[int]
 ) -> None:
-    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
-    running = engine_loop.start(engine.generate(prompt, settings, n=2, request_id="to-abort"))
-    time.sleep(30 * seconds_per_token)
+    settings = _long_running_settings(engine_loop, engine, prompt)
+    with tokens_streamed(engine, 30) as sampling:
+        running = engine_loop.start(engine.generate(prompt, settings, n=2, request_id="to-abort"))
+        assert sampling.wait(CALL_TIMEOUT_S)
     engine_loop.run(engine.abort("to-abort"))
     completions = running.result(CALL_TIMEOUT_S)
 
@@ -221,50 +238,80 @@ def test_abort_returns_the_tokens_sampled_so_far(
 
 def _long_running_settings(
     engine_loop: EngineLoop, engine: VLLMEngine, prompt: list[int]
-) -> tuple[SamplingSettings, float]:
-    """A seed whose sample runs 400 tokens without end-of-sequence, and the decode pace."""
+) -> SamplingSettings:
+    """A seed whose sample runs 400 tokens without end-of-sequence."""
     for seed in range(20):
         settings = SamplingSettings(max_new_tokens=400, temperature=TEMPERATURE, seed=seed)
-        started = time.perf_counter()
         [completion] = engine_loop.run(engine.generate(prompt, settings, n=1))
         if completion.finish_reason == "length":
-            return settings, (time.perf_counter() - started) / len(completion.token_ids)
+            return settings
     raise AssertionError("no seed ran 400 tokens without end-of-sequence")
 
 
+@contextmanager
+def tokens_streamed(engine: VLLMEngine, count: int) -> Iterator[threading.Event]:
+    """An event set once a request of `engine` has streamed `count` tokens: read from vLLM's
+    own output stream, so a test acts mid-sample on progress instead of a measured pace."""
+    reached = threading.Event()
+    llm = engine._llm
+    original = llm.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        async def stream() -> Any:
+            async for output in original(*args, **kwargs):
+                if max(len(o.token_ids) for o in output.outputs) >= count:
+                    reached.set()
+                yield output
+
+        return stream()
+
+    llm.generate = generate
+    try:
+        yield reached
+    finally:
+        del llm.generate
+
+
 def test_a_failed_update_aborts_waiting_requests_and_refuses_new_ones(
+    tiny_model_path: str,
     engine_loop: EngineLoop,
-    engine: VLLMEngine,
     reference_model: torch.nn.Module,
     prompt: list[int],
 ) -> None:
-    """Breaks the module's engine on purpose, so it runs after the other engine tests."""
-    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
-    running = engine_loop.start(engine.generate(prompt, settings, n=1))
-    time.sleep(30 * seconds_per_token)
-    state = dict(reference_model.state_dict())
-    state["model.norm.weight"] = torch.ones(3)
+    """Breaks an engine on purpose: one of its own, so test order does not matter."""
+    engine = engine_loop.run(_create(tiny_model_path, VLLMConfig(max_model_len=1024)))
+    try:
+        settings = _long_running_settings(engine_loop, engine, prompt)
+        with tokens_streamed(engine, 30) as sampling:
+            running = engine_loop.start(engine.generate(prompt, settings, n=1))
+            assert sampling.wait(CALL_TIMEOUT_S)
+        state = dict(reference_model.state_dict())
+        state["model.norm.weight"] = torch.ones(3)
 
-    with pytest.raises(WeightSyncError):
-        engine_loop.run(engine.update_weights(state, engine.version + 1))
-    [completion] = running.result(CALL_TIMEOUT_S)
+        with pytest.raises(WeightSyncError):
+            engine_loop.run(engine.update_weights(state, engine.version + 1))
+        [completion] = running.result(CALL_TIMEOUT_S)
 
-    assert completion.finish_reason == "abort"
-    with pytest.raises(WeightSyncError):
-        engine_loop.run(engine.generate(prompt, BASE, n=1))
+        assert completion.finish_reason == "abort"
+        with pytest.raises(WeightSyncError):
+            engine_loop.run(engine.generate(prompt, BASE, n=1))
+    finally:
+        engine_loop.run(engine.close())
 
 
 def test_nccl_sender_checks_versions_and_bounds_every_wait() -> None:
-    from relayrl.cluster.nccl_sender import (
-        PublishedStateSource,
+    from relayrl.cluster.weights.nccl_sender import (
+        StreamSource,
         WeightSyncTimeout,
         _VersionedClient,
         _within,
     )
 
-    source = PublishedStateSource({"w": torch.zeros(2, 3)}, torch.device("cpu"))
+    source = StreamSource([TensorMeta("w", torch.float32, (2, 3))], torch.device("cpu"))
     with pytest.raises(ValueError, match="keep the names"):
-        source.replace({"w": torch.zeros(3, 2)})
+        source.replace([TensorMeta("w", torch.float32, (3, 2))], iter(()))
+    source.replace([TensorMeta("w", torch.float32, (2, 3))], iter([("w", torch.ones(2, 3))]))
+    assert [(name, t.sum().item()) for name, t in source] == [("w", 6.0)]
 
     calls: list[tuple[str, object]] = []
 
@@ -292,7 +339,7 @@ def test_nccl_sender_checks_versions_and_bounds_every_wait() -> None:
 def test_nccl_weight_transfer_loads_the_broadcast_weights(
     tiny_model_path: str, reference_model: torch.nn.Module, prompt: list[int]
 ) -> None:
-    from relayrl.cluster.nccl_sender import NcclWeightSender
+    from relayrl.cluster.weights.nccl_sender import NcclWeightSender
 
     loop = EngineLoop()
     config = VLLMConfig(weight_sync_timeout_s=120)
@@ -301,9 +348,10 @@ def test_nccl_weight_transfer_loads_the_broadcast_weights(
         sender_device = torch.device("cuda", 1)
         new_model = perturbed(reference_model, seed=3)
         new_state = {name: t.to(sender_device) for name, t in new_model.state_dict().items()}
+        metadata = state_metadata(new_state)
         sender = NcclWeightSender(
             _LoopReceiver(loop, engine),
-            new_state,
+            metadata,
             master_address="127.0.0.1",
             master_port=free_port(),
             engine_world_size=1,
@@ -311,7 +359,7 @@ def test_nccl_weight_transfer_loads_the_broadcast_weights(
             timeout_s=120,
             device=sender_device,
         )
-        sender.send(new_state, version=1)
+        sender.send(1, metadata, iter(new_state.items()))
         [completion] = loop.run(engine.generate(prompt, BASE, n=1))
         sender.close()
     finally:
