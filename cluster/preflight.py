@@ -13,6 +13,7 @@ import redis
 from relayrl.algorithm_config import CustomLossConfig
 from relayrl.cluster.embedded_redis import RedisUnavailableError, find_redis_server
 from relayrl.cluster.redis_password import RedisPassword
+from relayrl.cluster.sft_stage import check_sft_data
 from relayrl.config import JobConfig, non_finite_floats, redact_url
 from relayrl.envs.registry import EnvConfigError, validate_env_params
 from relayrl.envs.sandbox.preflight import sandbox_preflight
@@ -188,6 +189,7 @@ def preflight(config: JobConfig) -> None:
     check_output_dir(config)
     check_env(config)
     check_workflow(config)
+    check_sft_data(config)
     require_trackers(config.output.loggers)
     sandbox_preflight(config)
     check_custom_loss(config)

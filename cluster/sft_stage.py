@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
 from relayrl.learner.checkpoint import latest_checkpoint
-from relayrl.learner.sft import sft_root
 from relayrl.metrics import MetricsWriter
+from relayrl.sft_config import sft_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def run_sft_stage(
     sft = config.trainer.sft
     if sft is None:
         return None
-    root = sft_root(config)
+    root = sft_dir(config.output_dir)
     latest = latest_checkpoint(root)
     if latest is not None and not resume:
         raise SftRunExistsError(
@@ -83,13 +83,7 @@ def run_sft_stage(
             if (every and step % every == 0) or step == total:
                 folder = Path(learner.call("save_sft_checkpoint"))
             writer.write(step, metrics)
-            log.info(
-                "SFT step %d/%d loss=%.4f lr=%.2e",
-                step,
-                total,
-                metrics["sft/loss"],
-                metrics["sft/lr"],
-            )
+            log.info("SFT step %d/%d loss=%.4f", step, total, metrics["sft/loss"])
     finally:
         writer.close()
     learner.call("end_sft")

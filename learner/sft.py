@@ -24,13 +24,8 @@ from relayrl.learner.micro_batches import micro_batch_tensors, rank_micro_batche
 from relayrl.learner.rank_sync import sum_over_ranks
 from relayrl.learner.sft_data import Framing, training_rows
 from relayrl.learner.token_scores import token_scores
+from relayrl.sft_config import sft_dir
 from relayrl.trajectory import Trajectory
-
-SFT_FOLDER = "sft"
-
-
-def sft_root(config: JobConfig) -> Path:
-    return Path(config.output_dir) / SFT_FOLDER
 
 
 def framing(config: JobConfig) -> Framing:
@@ -120,7 +115,7 @@ class SftTrainer:
         """Hugging Face weights and tokenizer, the engine state, then `latest`."""
         from transformers import AutoTokenizer
 
-        root = sft_root(self.config)
+        root = sft_dir(self.config.output_dir)
         folder = checkpoint.step_dir(root, self.step)
         state = full_state_dict(self.engine.module, self.config.learner.zero_stage, self.rank)
         if self.rank == 0:

@@ -3,7 +3,16 @@ same learner. Lives in the spine so a job config validates without importing the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Under output.dir: the stage's checkpoints (step-N/, latest) and metrics.jsonl.
+SFT_FOLDER = "sft"
+
+
+def sft_dir(output_dir: str) -> Path:
+    return Path(output_dir) / SFT_FOLDER
 
 
 class SftConfig(BaseModel):

@@ -119,3 +119,12 @@ def test_relayrl_train_runs_sft_before_rl_and_skips_it_on_resume(
     assert "SFT: skipped, RL resumed" in resumed.stderr
     assert sft_steps(tmp_path) == [1, 2]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_missing_sft_data_file_fails_preflight(
+    tmp_path: Path, tiny_model_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, tiny_model_path, tmp_path / "missing.jsonl", steps=1)
+    assert main(["train", str(config)]) == EXIT_USER_ERROR
+    assert "trainer.sft.data" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "redis").exists()  # nothing was started
