@@ -139,7 +139,12 @@ def _phase(name: str, rows: list[dict[str, float]], started: float) -> None:
 
 
 def learner_profile(
-    model: str, micro_tokens: int, sequences: int, length: int, checkpointing: bool
+    model: str,
+    micro_tokens: int,
+    sequences: int,
+    length: int,
+    checkpointing: bool,
+    overrides: list[str],
 ) -> None:
     """One learner rank, `sequences` rows of `length` tokens per step; prints JSON rows."""
 
@@ -166,6 +171,7 @@ def learner_profile(
             f"learner.micro_batch_tokens={micro_tokens}",
             f"learner.gradient_checkpointing={str(checkpointing).lower()}",
             f"output.dir={tempfile.mkdtemp()}",
+            *overrides,
         ],
     )
     _phase("imports", rows, started)
@@ -218,7 +224,13 @@ def learner_profile(
 
 
 def run_learner_profile(
-    model: str, micro: int, sequences: int, length: int, checkpointing: bool = False
+    model: str,
+    micro: int,
+    sequences: int,
+    length: int,
+    checkpointing: bool = False,
+    overrides: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> dict:
     from relayrl.cluster.ray_runtime import actor_env_vars
 
@@ -229,12 +241,13 @@ def run_learner_profile(
             "--learner-profile",
             model,
             *map(str, (micro, sequences, length, checkpointing)),
+            *overrides,
         ],
         capture_output=True,
         text=True,
         check=False,
         # The job's environment: DeepSpeed finds the ops it already built for the actors.
-        env=os.environ | actor_env_vars(),
+        env=os.environ | actor_env_vars() | (env or {}),
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -296,6 +309,37 @@ def run_trl(model: str, steps: int) -> tuple[PssSampler, float, dict]:
     return sampler, time.perf_counter() - started, report
 
 
+# Learner settings compared on the quickstart's batch (24 x 64 tokens), each in a fresh process.
+LEARNER_VARIANTS: list[tuple[str, int, tuple[str, ...], dict[str, str]]] = [
+    ("ZeRO-2, micro-batch 2048 (the old quickstart)", 2048, ("learner.zero_stage=2",), {}),
+    ("ZeRO-0, micro-batch 2048", 2048, ("learner.zero_stage=0",), {}),
+    ("ZeRO-2, micro-batch 512", 512, ("learner.zero_stage=2",), {}),
+    ("ZeRO-0, micro-batch 512", 512, ("learner.zero_stage=0",), {}),
+    (
+        "ZeRO-0, micro-batch 512, MALLOC_MMAP_THRESHOLD_=4 MiB",
+        512,
+        ("learner.zero_stage=0",),
+        {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
+    ),
+]
+
+
+def compare_learner_variants(model: str) -> None:
+    print("| learner setting | after init GB | step-2 peak RSS GB | step 2 s |")
+    print("|---|---|---|---|")
+    for name, micro, overrides, env in LEARNER_VARIANTS:
+        profile = run_learner_profile(model, micro, 24, 64, overrides=overrides, env=env)
+        rows = profile["rows"]
+        init = next(r for r in rows if r["phase"].startswith("model load"))
+        step2 = next(r for r in rows if r["phase"].startswith("train step 2"))
+        step1 = next(r for r in rows if r["phase"].startswith("train step 1"))
+        print(
+            f"| {name} | {init['rss_gb']:.2f} | {step2['peak_rss_gb']:.2f} "
+            f"| {step2['s'] - step1['s']:.1f} |",
+            flush=True,
+        )
+
+
 def step_peak(profile: dict) -> float:
     return max(r["peak_rss_gb"] for r in profile["rows"] if r["phase"].startswith("train"))
 
@@ -321,9 +365,11 @@ def print_processes(name: str, sampler: PssSampler, wall: float) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--learner-profile":
-        model, micro, sequences, length = sys.argv[2:6]
-        checkpointing = len(sys.argv) > 6 and sys.argv[6] == "True"
-        learner_profile(model, int(micro), int(sequences), int(length), checkpointing)
+        model, micro, sequences, length, checkpointing = sys.argv[2:7]
+        overrides = sys.argv[7:]
+        learner_profile(
+            model, int(micro), int(sequences), int(length), checkpointing == "True", overrides
+        )
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m")
@@ -332,10 +378,18 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument(
+        "--learner-variants",
+        action="store_true",
+        help="only compare learner settings (ZeRO stage, allocator, micro-batch) side by side",
+    )
     args = parser.parse_args()
     from relayrl.models import resolve_model
 
     model = resolve_model(args.model)
+    if args.learner_variants:
+        compare_learner_variants(model)
+        return
     if not args.skip_profile:
         # 24 sequences of 64 tokens (the quickstart's batch, rounded up), in one micro-batch
         # and then in micro-batches of 4 sequences: the difference is activations per token.

@@ -8,6 +8,7 @@ first, then trl); TRL is not a dependency of relayrl. relayrl runs the same task
 `arithmetic` env in three placements:
 
 - default: relayrl's defaults for this box (asynchronous, k=1, transformers engine);
+- one-worker: asynchronous (k=1), one worker with one core, its groups batched together;
 - sync: on-policy (k=0), one worker;
 - vllm: on-policy (k=0), one worker with the vLLM engine (the CPU build here).
 
@@ -17,7 +18,7 @@ on both sides), trained tokens per second (prompt and completion), whole-tree pe
 the mean reward of the last two steps; ratios are to TRL in the same invocation, because
 this machine is shared and noisy.
 
-    .venv/bin/python benchmarks/peer_trl.py [--steps 6] [--runs default,sync,vllm,trl]
+    .venv/bin/python benchmarks/peer_trl.py [--steps 6] [--runs trl,default,one-worker,sync,vllm]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ WARMUP_STEPS = 1
 
 PLACEMENTS: dict[str, list[str]] = {
     "default": [],
+    "one-worker": ["rollout.num_workers=1", "rollout.cpus_per_worker=1"],
     "sync": ["trainer.max_staleness=0", "rollout.num_workers=1", "rollout.cpus_per_worker=1"],
     "vllm": [
         "trainer.max_staleness=0",
@@ -175,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--runs", default="trl,default,sync,vllm")
+    parser.add_argument("--runs", default="trl,default,one-worker,sync,vllm")
     args = parser.parse_args()
     from relayrl.models import resolve_model
 
