@@ -8,7 +8,7 @@ import torch
 
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.metrics import read_metrics
-from relayrl.trajectory import decode
+from relayrl.trajectory import NO_VERSION, decode
 from tests.engine_harness import ENGINE_KINDS
 from tests.job_harness import job_on_own_redis
 
@@ -70,4 +70,5 @@ def test_pushed_episodes_interleave_sampled_turns_and_sandbox_output(finished_jo
         between = [(a.end, b.start) for a, b in zip(traj.turns, traj.turns[1:], strict=False)]
         for start, end in between:
             assert end > start and not sampled[start:end].any()
-            assert (traj.versions[start:end] == -1).all() and not traj.logprobs[start:end].any()
+            assert (traj.versions[start:end] == NO_VERSION).all()
+            assert not traj.logprobs[start:end].any()
