@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from relayrl import metric_keys as keys
 from relayrl.actors.agent_loop import AgentLoop
 from relayrl.chat_format import ObservationFormatter
 from relayrl.config import AgentConfig, SamplingConfig
 from relayrl.envs.base import Message, StepResult, Task
 from relayrl.learner.batch_metrics import batch_metrics
-from relayrl.trajectory import decode, encode
+from relayrl.trajectory import EpisodeEnd, decode, encode
 from tests.agent_loop_fakes import ScriptedEngine, ScriptedTurn
 
 PROMPT = [{"role": "user", "content": "Go."}]
@@ -109,14 +110,14 @@ def test_a_failing_step_ends_only_its_episode_masked_and_counted(
         )
 
     metrics = batch_metrics(trajectories, version=5)
-    assert metrics["episode/errors"] == 3
+    assert metrics[keys.EPISODE_ERRORS] == 3
     assert {k: v for k, v in metrics.items() if k.startswith("episode/errors/")} == {
         "episode/errors/RecursionError": 1,
         "episode/errors/ValueError": 1,
         "episode/errors/non_finite_reward": 1,
     }
-    assert metrics["episode/end_error"] == pytest.approx(3 / 4)
-    assert metrics["episode/masked_fraction"] == pytest.approx(3 / 4)
+    assert metrics[keys.episode_end(EpisodeEnd.ERROR)] == pytest.approx(3 / 4)
+    assert metrics[keys.EPISODE_MASKED_FRACTION] == pytest.approx(3 / 4)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and all("worker worker-7" in w for w in warnings)
     assert any("the tool broke" in w for w in warnings)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from relayrl import metric_keys as keys
 from relayrl.algorithm_config import (
     AlgorithmConfig,
     DynamicSamplingConfig,
@@ -128,10 +129,10 @@ def test_ratio_starts_from_behaviour_proximal_or_current_policy() -> None:
     torch.testing.assert_close(weights, 2.0 * batch.loss_mask)
     assert truncated.metrics() == pytest.approx(
         {
-            "off_policy/is_weight_mean": 3.0,
-            "off_policy/is_weight_max": 3.0,
-            "off_policy/is_weight_min": 3.0,
-            "off_policy/truncated_fraction": 1.0,
+            keys.OFF_POLICY_IS_WEIGHT_MEAN: 3.0,
+            keys.OFF_POLICY_IS_WEIGHT_MAX: 3.0,
+            keys.OFF_POLICY_IS_WEIGHT_MIN: 3.0,
+            keys.off_policy_fraction("truncated"): 1.0,
         }
     )
     # The statistics start again each step.
@@ -141,8 +142,8 @@ def test_ratio_starts_from_behaviour_proximal_or_current_policy() -> None:
 def test_staleness_histogram_counts_sampled_tokens_per_lag() -> None:
     batch = [traj("a", 1.0, sampled=3, version=4), traj("a", 0.0, sampled=2, version=2)]
     assert staleness_histogram(batch, version=4) == {
-        "staleness/hist_0": 3,
-        "staleness/hist_2": 2,
+        keys.staleness_hist(0): 3,
+        keys.staleness_hist(2): 2,
     }
 
 
@@ -158,21 +159,21 @@ def test_batch_metrics_say_how_episodes_ended_and_which_trained_nothing() -> Non
 
     ends = {k.removeprefix("episode/end_"): v for k, v in metrics.items() if "/end_" in k}
     assert ends == pytest.approx({"max_turns": 1 / 3, "length": 1 / 3, "void_turn": 1 / 3})
-    assert metrics["response/truncated_fraction"] == pytest.approx(1 / 3)
-    assert metrics["episode/masked_fraction"] == pytest.approx(1 / 3)
-    assert metrics["episode/turns_mean"] == pytest.approx(4 / 3)
-    assert metrics["batch/sampled_tokens"] == 6
-    assert (metrics["staleness/max"], metrics["batch/min_token_version"]) == (2, 2)
-    assert metrics["staleness/hist_1"] == 4 and metrics["staleness/hist_2"] == 2
-    assert metrics["reward/mean"] == pytest.approx(1 / 3)
+    assert metrics[keys.RESPONSE_TRUNCATED_FRACTION] == pytest.approx(1 / 3)
+    assert metrics[keys.EPISODE_MASKED_FRACTION] == pytest.approx(1 / 3)
+    assert metrics[keys.EPISODE_TURNS_MEAN] == pytest.approx(4 / 3)
+    assert metrics[keys.BATCH_SAMPLED_TOKENS] == 6
+    assert (metrics[keys.STALENESS_MAX], metrics[keys.BATCH_MIN_TOKEN_VERSION]) == (2, 2)
+    assert metrics[keys.staleness_hist(1)] == 4 and metrics[keys.staleness_hist(2)] == 2
+    assert metrics[keys.REWARD_MEAN] == pytest.approx(1 / 3)
 
 
 def test_batch_metrics_of_a_batch_that_trains_nothing() -> None:
     void = traj("b", 0.0)
     void.loss_mask[:] = 0
     metrics = batch_metrics([void, void], version=5)
-    assert metrics["episode/masked_fraction"] == 1.0
-    assert (metrics["staleness/max"], metrics["batch/min_token_version"]) == (0, 5)
+    assert metrics[keys.EPISODE_MASKED_FRACTION] == 1.0
+    assert (metrics[keys.STALENESS_MAX], metrics[keys.BATCH_MIN_TOKEN_VERSION]) == (0, 5)
     assert not any(key.startswith("staleness/hist_") for key in metrics)
 
 
