@@ -34,7 +34,7 @@ from relayrl.learner.intake import BatchIntake
 from relayrl.learner.memory_metrics import learner_memory_metrics
 from relayrl.learner.micro_batches import rank_micro_batches
 from relayrl.learner.off_policy import OffPolicyCorrection
-from relayrl.learner.publishing import PolicyPublishing
+from relayrl.learner.publishing import SERVE_JOINS, PolicyPublishing
 from relayrl.learner.reference import ReferenceModel
 from relayrl.learner.rewards import advantage_inputs
 from relayrl.learner.scoring import PROXIMAL, REFERENCE, VALUES, Scorer, score_batch
@@ -101,7 +101,9 @@ class DeepSpeedLearner:
         self.model_path = model_path
         self.rank = rank
         self.consumer = consumer
-        self.publishing = PolicyPublishing(publisher, rank, config.learner.zero_stage)
+        self.publishing = PolicyPublishing(
+            publisher, rank, config.learner.num_ranks, config.learner.zero_stage
+        )
         self.version = 0
         self.step = 0
         algorithm = config.learner.algorithm
@@ -122,7 +124,7 @@ class DeepSpeedLearner:
                 group_filter,
                 refill,
                 # While rank 0 waits for data, engines that joined get the current version.
-                on_idle=self.publishing.serve_joins,
+                on_idle=self._serve_joins,
                 root=config.checkpoint_dir,
             )
             if consumer is not None
@@ -192,10 +194,17 @@ class DeepSpeedLearner:
     def _shared_batch(self) -> tuple[list[Trajectory], list[BufferEntry]]:
         """Rank 0 reads; the others receive the same trajectories in the same order."""
         entries = self.intake.next_batch(self.version) if self.intake is not None else []
-        payload = [[encode(e.trajectory) for e in entries]]
+        payload: list[Any] = [[encode(e.trajectory) for e in entries]]
         if self.config.learner.num_ranks > 1:
             dist.broadcast_object_list(payload, src=0)
+            # Rank 0 may first ask for the gathers of a push to engines that joined (ZeRO-3).
+            while payload[0] == SERVE_JOINS:
+                self.publishing.gather_for_rank_0(self.engine.module)
+                dist.broadcast_object_list(payload, src=0)
         return [decode(raw) for raw in payload[0]], entries
+
+    def _serve_joins(self) -> None:
+        self.publishing.serve_joins(self.engine.module)
 
     # ---- training -----------------------------------------------------------------------
 

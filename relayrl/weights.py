@@ -80,9 +80,15 @@ class EnginePusher(WeightPublisher, Protocol):
         bucket); every rank iterates its own copy of the stream meanwhile."""
         ...
 
-    def serve_joins(self) -> None:
-        """Bring engines that joined since the last publish up to the current version.
-        Called while the learner waits for data, when its weights are not changing."""
+    def joined(self) -> bool:
+        """Whether engines joined since the last publish wait for the current version."""
+        ...
+
+    def serve_joins(self, buckets: WeightBuckets | None = None) -> None:
+        """Bring engines that joined since the last publish up to the current version, from
+        the tensors it was published from or (a version published as a stream) from
+        `buckets`, the same version streamed again. Called while the learner waits for
+        data, when its weights are not changing."""
         ...
 
     def take_push_reports(self) -> list[PushReport]:

@@ -218,7 +218,7 @@ class OneShotStream:
             yield [(name, tensor)]
 
 
-def test_a_gathered_stream_is_sent_once_to_all_and_joiners_wait_for_the_next(
+def test_a_gathered_stream_is_sent_once_to_all_and_streamed_again_for_joiners(
     ray_instance: None,
 ) -> None:
     senders = RecordingSenders()
@@ -231,8 +231,15 @@ def test_a_gathered_stream_is_sent_once_to_all_and_joiners_wait_for_the_next(
 
     assert stream.passes == 1 and senders.take() == [("a", 7), ("b", 7)]
     roster.join("late", "receiver-late", 1)
-    publisher.serve_joins()
-    assert senders.take() == [], "the gathered version is not held to be sent again"
+    assert publisher.joined()
+    with pytest.raises(ValueError, match="v7 was published as a stream: stream it again"):
+        publisher.serve_joins()
+    again = OneShotStream()
+    publisher.serve_joins(again)
+    assert again.passes == 1 and senders.take() == [("late", 7)], "only the joiner"
+    assert not publisher.joined()
+    publisher.serve_joins(OneShotStream())  # nobody waits: streamed for the other ranks anyway
+    assert senders.take() == []
     publisher.publish_buckets(8, OneShotStream())
     assert senders.take() == [("a", 8), ("b", 8), ("late", 8)]
 

@@ -15,8 +15,10 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
+from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.ray_runtime import ray_session
+from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.weights.nccl_publisher import NcclPublisher
 from relayrl.cluster.weights.object_store import WeightStore
 from relayrl.cluster.weights.roster import EngineMember, EngineRoster, RosterClient
@@ -24,7 +26,7 @@ from relayrl.learner.deepspeed_learner import DeepSpeedLearner
 from relayrl.learner.gathered_buckets import GatheredBuckets
 from relayrl.models import cache_root
 from relayrl.weights import TensorMeta
-from tests.learner_data import learner_config
+from tests.learner_data import TrajectoryMaker, learner_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +38,12 @@ class Received:
     """What each engine was sent, wherever the learner's senders run."""
 
     def __init__(self) -> None:
-        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        self.state: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
 
-    def record(self, worker_id: str, state: dict[str, torch.Tensor]) -> None:
-        self.state[worker_id] = state
+    def record(self, worker_id: str, version: int, state: dict[str, torch.Tensor]) -> None:
+        self.state[worker_id, version] = state
 
-    def get(self) -> dict[str, dict[str, torch.Tensor]]:
+    def get(self) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
         return self.state
 
 
@@ -65,16 +67,19 @@ class RecordingSender:
         state = {name: tensor.clone() for name, tensor in tensors}
         for meta in metadata:
             assert tuple(state[meta.name].shape) == meta.shape, meta
-        ray.get(self.received.record.remote(self.worker_id, state), timeout=60)
+        ray.get(self.received.record.remote(self.worker_id, version, state), timeout=60)
 
     def close(self) -> None:
         return None
 
 
 @pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
+def ray_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Ray, and the URL of an embedded Redis for the learner's buffer."""
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     with ray_session(3):
-        yield
+        yield redis.url
+    redis.stop()
 
 
 def _publisher(received: Any) -> tuple[NcclPublisher, RosterClient]:
@@ -90,7 +95,7 @@ def _publisher(received: Any) -> tuple[NcclPublisher, RosterClient]:
 
 
 def test_two_zero3_ranks_gather_in_lockstep_and_every_engine_gets_the_whole_model(
-    ray_instance: None, tiny_model_path: str, tmp_path: Path
+    ray_instance: str, tiny_model_path: str, tmp_path: Path
 ) -> None:
     received = Received.remote()
     publisher, roster = _publisher(received)
@@ -106,13 +111,42 @@ def test_two_zero3_ranks_gather_in_lockstep_and_every_engine_gets_the_whole_mode
     expected = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     expected_state = expected.state_dict()
     sent = ray.get(received.get.remote(), timeout=60)
-    assert sorted(sent) == ["a", "b"]
+    assert sorted(sent) == [("a", 0), ("b", 0)]
     for state in sent.values():
         assert list(state) == list(expected_state)
         assert all(torch.equal(state[name], expected_state[name]) for name in expected_state)
     assert info["checksum"] == "" and info["bytes"] == sum(
         t.numel() * t.element_size() for t in expected_state.values()
     )
+
+
+def test_an_engine_that_joins_while_zero3_ranks_wait_for_data_gets_the_current_version(
+    ray_instance: str, tiny_model_path: str, tmp_path: Path
+) -> None:
+    received = Received.remote()
+    publisher, roster = _publisher(received)
+    roster.join("a", "receiver-a", 1)
+    buffer = RedisStreamBuffer(ray_instance, "zero3-push:joins", trim_acknowledged=False)
+    buffer.ensure_group()
+    config = learner_config(str(tmp_path), {"learner.num_ranks": 2, "learner.zero_stage": 3})
+    consumer = buffer.with_consumer("learner-0")
+    group = LearnerGroup(config, tiny_model_path, consumer, publisher, None, 600)  # type: ignore[arg-type]
+    try:
+        group.publish()
+        roster.join("late", "receiver-late", 1)
+        buffer.push(TrajectoryMaker(tiny_model_path).group([1.0, 0.0], 8, 8))
+        # Rank 0 finds no batch yet, serves the joiner (rank 1 gathering with it), then trains.
+        assert group.train_step()["version"] == 1
+    finally:
+        group.kill()
+
+    sent = ray.get(received.get.remote(), timeout=60)
+    assert sorted(sent) == [("a", 0), ("a", 1), ("late", 0), ("late", 1)]
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    for name, tensor in initial.state_dict().items():
+        assert torch.equal(sent["late", 0][name], tensor), name
+    assert all(torch.equal(sent["a", 1][n], t) for n, t in sent["late", 1].items())
+    assert any(not torch.equal(sent["late", 1][n], t) for n, t in sent["late", 0].items())
 
 
 def test_a_zero3_module_streams_bounded_buckets_and_is_partitioned_again(

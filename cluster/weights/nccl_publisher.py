@@ -101,9 +101,10 @@ class NcclPublisher:
         # The current version while it can be sent again: a stream is single-pass.
         self._current: tuple[WeightVersion, StateBuckets | None] | None = None
         self._next_roster_check = 0.0
+        self._joiners: list[EngineMember] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_senders": {}, "_current": None, "_reports": []}
+        return {**self.__dict__, "_senders": {}, "_current": None, "_reports": [], "_joiners": []}
 
     def publish(self, version: int, state: Mapping[str, torch.Tensor]) -> WeightVersion:
         buckets = StateBuckets(state, self.bucket_bytes)
@@ -116,21 +117,30 @@ class NcclPublisher:
         self._current = (info, None)
         return info
 
-    def serve_joins(self) -> None:
-        # Called before every read while the learner assembles a batch: look at the roster
+    def joined(self) -> bool:
+        # Asked before every read while the learner assembles a batch: the roster is read
         # at most once per roster_poll_s.
         if self._current is None or time.monotonic() < self._next_roster_check:
-            return
+            return bool(self._joiners)
         self._next_roster_check = time.monotonic() + self._roster_poll_s
-        info, buckets = self._current
-        joined = [m for m in self._reconcile() if m.worker_id not in self._senders]
-        if not joined:
+        self._joiners = [m for m in self._reconcile() if m.worker_id not in self._senders]
+        return bool(self._joiners)
+
+    def serve_joins(self, buckets: WeightBuckets | None = None) -> None:
+        if self._current is None:
+            if buckets is not None:
+                raise ValueError("nothing is published yet, so there is nothing to stream again")
             return
+        info, held = self._current
         if buckets is None:
-            # Gathered bucket by bucket (ZeRO-3), the version is not held: joiners get the next.
-            log.debug("%d engine(s) wait for the version after v%d", len(joined), info.version)
-            return
-        self._deliver(joined, info, buckets)
+            if not self.joined():
+                return
+            if held is None:
+                raise ValueError(f"v{info.version} was published as a stream: stream it again")
+            buckets = held
+        joiners, self._joiners = self._joiners, []
+        # Iterated to its end even with no joiner left: the other ranks gather in lockstep.
+        self._deliver(joiners, info, buckets)
 
     def take_push_reports(self) -> list[PushReport]:
         done, self._reports = self._reports, []
@@ -145,6 +155,7 @@ class NcclPublisher:
         # engines take the tensors from NCCL, never from a copy they could verify.
         metadata = buckets.metadata()
         info = WeightVersion(version, time.time(), "", sum(m.num_bytes for m in metadata))
+        self._joiners = []
         self._deliver(self._reconcile(), info, buckets)
         # Announced after delivery: a worker that sees the version already holds it, or
         # (joined since) gets it from serve_joins.
