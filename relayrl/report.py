@@ -32,6 +32,10 @@ CHARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+# eval/* keys that say which round it was, not how it scored.
+EVAL_BOOKKEEPING = frozenset({"eval/step", "eval/policy_version"})
+
+
 def elapsed_minutes(records: list[dict[str, Any]]) -> list[float]:
     """Wall time at the end of each step, from the steps' own durations (a resumed run's
     records continue where the last one ended)."""
@@ -81,6 +85,17 @@ def _lines(xs: list[float], records: list[dict[str, Any]], series: tuple[str, ..
     return draw
 
 
+def _points(xs: list[float], records: list[dict[str, Any]], keys: tuple[str, ...]) -> Any:
+    """Figures only some steps carry (an evaluation round), as marked points."""
+
+    def draw(ax: Any) -> None:
+        for key in keys:
+            found = [(x, r[key]) for x, r in zip(xs, records, strict=True) if key in r]
+            ax.plot(*zip(*found, strict=True), marker="o", label=key, linewidth=1.5)
+
+    return draw
+
+
 def _summary(records: list[dict[str, Any]], xs: list[float]) -> str:
     last = records[-1]
     rewards = [r[keys.REWARD_MEAN] for r in records if keys.REWARD_MEAN in r]
@@ -90,8 +105,11 @@ def _summary(records: list[dict[str, Any]], xs: list[float]) -> str:
         ("final reward/mean", f"{rewards[-1]:.4f}" if rewards else "-"),
         ("best reward/mean", f"{max(rewards):.4f}" if rewards else "-"),
     ]
+    last_eval = next((r for r in reversed(records) if any(k.startswith("eval/") for k in r)), {})
     rows += [
-        (k, f"{v:.4f}") for k, v in sorted(last.items()) if k.startswith("eval/") and _is_number(v)
+        (k, f"{v:.4f}")
+        for k, v in sorted(last_eval.items())
+        if k.startswith("eval/") and k not in EVAL_BOOKKEEPING and _is_number(v)
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
@@ -109,10 +127,15 @@ def write_report(metrics_path: Path, out_path: Path, title: str) -> Path:
             _chart("Reward", "reward", xs, lambda ax: draw_rewards(ax, xs, records)),
         ]
     evals = sorted(
-        {k for r in records for k, v in r.items() if k.startswith("eval/") and _is_number(v)}
+        {
+            k
+            for r in records
+            for k, v in r.items()
+            if k.startswith("eval/") and k not in EVAL_BOOKKEEPING and _is_number(v)
+        }
     )
     if evals:
-        sections.append(_chart("Evaluation", "score", xs, _lines(xs, records, tuple(evals))))
+        sections.append(_chart("Evaluation", "score", xs, _points(xs, records, tuple(evals))))
     for chart_title, ylabel, chart_keys in CHARTS:
         present = tuple(k for k in chart_keys if any(k in r for r in records))
         if present:
