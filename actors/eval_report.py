@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from relayrl.actors.evaluation import EvalEpisode, EvalItem, EvalPlan, Mode
+from relayrl.trajectory import NO_VERSION
 
 PREFIX = "eval/"
 
@@ -63,7 +64,9 @@ def summarize(plan: EvalPlan, episodes: Sequence[EvalEpisode]) -> dict[str, floa
     headline = "greedy" if plan.greedy else "sampled"
     metrics[f"{PREFIX}accuracy"] = metrics.get(f"{PREFIX}{headline}/pass@1", 0.0)
     metrics[f"{PREFIX}tasks"] = float(len({e.index for e in episodes}))
-    metrics[f"{PREFIX}policy_version"] = float(max((e.versions[1] for e in episodes), default=-1))
+    metrics[f"{PREFIX}policy_version"] = float(
+        max((e.versions[1] for e in episodes), default=NO_VERSION)
+    )
     return metrics
 
 

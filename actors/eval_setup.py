@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from relayrl.actors.eval_report import build_report
@@ -20,6 +21,7 @@ from relayrl.actors.rollout_worker import build_engine
 from relayrl.actors.workflow import resolve_workflow
 from relayrl.config import JobConfig
 from relayrl.envs.registry import resolve_env
+from relayrl.errors import JobConfigError
 from relayrl.eval_config import EvalConfig
 
 
@@ -41,11 +43,18 @@ def eval_plan(config: JobConfig) -> EvalPlan:
 def held_out_items(config: JobConfig, plan: EvalPlan) -> list[EvalItem]:
     """The held-out tasks of `plan`, the same wherever they are drawn."""
     spec = resolve_env(config.env.name)
-    params = spec.params_model.model_validate(plan.env_params)
+    try:
+        params = spec.params_model.model_validate(plan.env_params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise JobConfigError(
+            f"eval.env_params (over env.params): {where}: {first['msg']}"
+        ) from None
     section = config.eval or EvalConfig()
     items = draw_eval_tasks(spec.make_tasks(params), section.num_tasks, plan.seed)
     if not items:
-        raise ValueError(f"env {config.env.name!r} gave no held-out tasks for eval.env_params")
+        raise JobConfigError(f"env {config.env.name!r} gave no held-out tasks for eval.env_params")
     return items
 
 

@@ -30,6 +30,7 @@ from relayrl.envs.verifiers import (
     Verifier,
     VerifierName,
 )
+from relayrl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ class DatasetParams(BaseModel):
         return "parquet" if Path(self.path).suffix == ".parquet" else "jsonl"
 
 
+class DatasetError(UserError):
+    """The dataset file cannot give tasks: missing, without the mapped columns, no valid row,
+    or a bad row under `strict`."""
+
+
 @dataclass(frozen=True)
 class BadRow:
     row: int  # 1-based: the line of a JSONL file, the row of a Parquet file
@@ -141,7 +147,7 @@ def _load_with_datasets(path: str, builder: str) -> list[dict[str, Any]]:
 def read_rows(params: DatasetParams) -> tuple[list[tuple[int, dict[str, Any]]], list[BadRow]]:
     """(row number, record) for every record of the file, and the lines that hold none."""
     if not Path(params.path).is_file():
-        raise FileNotFoundError(f"env.params.path {params.path!r}: no such file")
+        raise DatasetError(f"env.params.path {params.path!r}: no such file")
     if params.file_format == "parquet":
         records = _load_with_datasets(params.path, "parquet")
         return list(enumerate(records, start=1)), []
@@ -195,7 +201,7 @@ class DatasetTasks:
         wanted = [c for c in (columns.prompt, columns.answer, columns.id, columns.system) if c]
         absent = [name for name in wanted if name not in present]
         if rows and absent:
-            raise ValueError(
+            raise DatasetError(
                 f"env.params.columns: {', '.join(map(repr, absent))} not in {params.path} "
                 f"(its columns: {', '.join(sorted(present))})"
             )
@@ -210,7 +216,7 @@ class DatasetTasks:
         self.bad_rows.sort(key=lambda bad: bad.row)
         self._report_bad_rows()
         if not valid:
-            raise ValueError(f"env.params.path {params.path!r} holds no valid rows")
+            raise DatasetError(f"env.params.path {params.path!r} holds no valid rows")
         order = list(range(len(valid)))
         random.Random(params.split_seed).shuffle(order)
         held_out = (
@@ -225,7 +231,7 @@ class DatasetTasks:
             "all": list(range(len(valid))),
         }[params.split]
         if not split:
-            raise ValueError(f"env.params.split {params.split!r} of {params.path} is empty")
+            raise DatasetError(f"env.params.split {params.split!r} of {params.path} is empty")
         self._tasks = [valid[i] for i in split]
 
     def _task(self, number: int, record: dict[str, Any], verifier: Verifier) -> Task | BadRow:
@@ -268,7 +274,7 @@ class DatasetTasks:
             shown += f"; and {more} more"
         count = f"{self.params.path}: {len(self.bad_rows)} bad row(s)"
         if self.params.strict:
-            raise ValueError(f"{count} and env.params.strict is on: {shown}")
+            raise DatasetError(f"{count} and env.params.strict is on: {shown}")
         log.warning("%s left out: %s", count, shown)
 
     def tasks(self) -> Sequence[Task]:

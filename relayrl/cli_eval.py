@@ -33,7 +33,6 @@ def report_label(checkpoint: Path | None) -> str:
 def _eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     from relayrl.actors.eval_setup import evaluate_model
-    from relayrl.envs.registry import EnvConfigError
     from relayrl.models import resolve_model
 
     if args.checkpoint is None:
@@ -41,10 +40,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         model_path = str(checkpoint_model(Path(args.checkpoint)))
         label = report_label(Path(model_path))
-    try:
-        report = evaluate_model(config, model_path, label)
-    except EnvConfigError as exc:
-        raise JobConfigError(str(exc)) from exc
+    report = evaluate_model(config, model_path, label)
     out = Path(args.out or Path(config.output_dir) / "eval" / f"{label}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

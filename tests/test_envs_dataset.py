@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from relayrl.envs.base import StepResult
-from relayrl.envs.dataset_env import DatasetParams, DatasetTasks
+from relayrl.envs.dataset_env import DatasetError, DatasetParams, DatasetTasks
 from relayrl.envs.registry import resolve_env
 from relayrl.envs.verifiers import parse_number
 
@@ -109,7 +109,7 @@ def test_bad_rows_are_reported_by_number_and_the_rest_load(
     unparseable = write_jsonl(tmp_path / "m.jsonl", [{"question": "x", "answer": "}{"}])
     with pytest.raises(ValueError, match="holds no valid rows"):
         DatasetTasks(params(path=unparseable))
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(DatasetError, match="no such file"):
         DatasetTasks(params(path=str(tmp_path / "missing.jsonl")))
 
 
