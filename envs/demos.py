@@ -124,9 +124,14 @@ async def play_demo(
 
 
 async def build_demos(
-    env_name: str, env_params: dict[str, Any], count: int, seed: int
+    env_name: str,
+    env_params: dict[str, Any],
+    count: int,
+    seed: int,
+    held_out: frozenset[str] = frozenset(),
 ) -> DemoReport:
-    """Up to `count` verified demonstrations on distinct tasks sampled with `seed`."""
+    """Up to `count` verified demonstrations on distinct tasks sampled with `seed`, none of
+    them a task whose id is in `held_out` (the evaluation's)."""
     builder = BUILDERS.get(env_name)
     if builder is None:
         known = ", ".join(sorted(BUILDERS))
@@ -146,7 +151,7 @@ async def build_demos(
         if len(demos) >= count:
             break
         task = tasks.sample(rng)
-        if task.id in seen:
+        if task.id in seen or task.id in held_out:
             continue
         seen.add(task.id)
         tried += 1

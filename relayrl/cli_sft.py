@@ -30,8 +30,15 @@ def _demos(args: argparse.Namespace) -> int:
     from relayrl.demos import write_demos
     from relayrl.envs.demos import NoDemoBuilderError, build_demos
 
+    held_out: frozenset[str] = frozenset()
+    if config.eval is not None:
+        from relayrl.actors.eval_setup import eval_plan, held_out_items
+
+        held_out = frozenset(item.task.id for item in held_out_items(config, eval_plan(config)))
     try:
-        report = asyncio.run(build_demos(config.env.name, config.env.params, args.n, args.seed))
+        report = asyncio.run(
+            build_demos(config.env.name, config.env.params, args.n, args.seed, held_out)
+        )
     except NoDemoBuilderError as exc:
         print(f"relayrl: {exc}", file=sys.stderr)
         return 2
@@ -48,6 +55,8 @@ def _demos(args: argparse.Namespace) -> int:
         f"graded correct by the env ({report.tried} distinct tasks tried: "
         f"{report.no_template} without a template, {report.rejected} graded wrong)"
     )
+    if held_out:
+        print(f"  none of them on the {len(held_out)} held-out tasks of the config's eval section")
     if len(report.demos) < args.n:
         print(f"  fewer than --n {args.n}: the env ran out of distinct tasks it has templates for")
     return 0

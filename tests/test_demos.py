@@ -122,3 +122,11 @@ def test_relayrl_demos_writes_verified_demos_and_refuses_other_envs(
     config.write_text(yaml.safe_dump({"name": "demos", "env": {"name": "math-feedback"}}))
     assert main(["demos", str(config), "--n", "4", "--out", str(out)]) == EXIT_USER_ERROR
     assert "'math-feedback' has no demonstration builder" in capsys.readouterr().err
+
+
+def test_held_out_tasks_never_become_demonstrations() -> None:
+    first = asyncio.run(build_demos("countdown", {}, 5, seed=4))
+    held_out = frozenset(demo.task_id for demo in first.demos[:3])
+    again = asyncio.run(build_demos("countdown", {}, 5, seed=4, held_out=held_out))
+    assert len(again.demos) == 5
+    assert not held_out & {demo.task_id for demo in again.demos}
