@@ -3,18 +3,24 @@ a rollout worker builds, the figures it reports, seeded reproducibility, and `re
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from relayrl.actors.agent_loop import AgentLoop
+from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.eval_report import pass_at_k, summarize
 from relayrl.actors.eval_setup import eval_plan, evaluate_model, held_out_items
-from relayrl.actors.evaluation import EvalEpisode
+from relayrl.actors.evaluation import EvalEpisode, play_eval, workflow_players
 from relayrl.chat_format import prompt_token_ids
 from relayrl.cli import main
 from relayrl.config_loader import load_config
+from relayrl.envs.registry import resolve_env
+from relayrl.trajectory import EpisodeEnd
 
 TINY_EVAL = [
     "eval.num_tasks=3",
@@ -141,3 +147,65 @@ def test_cli_evaluates_a_checkpoint_folder_into_a_json_report(
     assert len(report["tasks"]) == 3
     assert "step_000002: 3 tasks accuracy=" in capsys.readouterr().out
     assert main(["eval", "/dev/null", "--checkpoint", str(tmp_path), *args]) == 2
+
+
+class ReplyEngine:
+    """Writes the model's side of a math-python episode: Python first, then a boxed 42.
+    The code depends on the question, so one task's tool call succeeds and the other's fails;
+    everything else (agent loop, env, sandbox, verifier, report) is the real thing."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.version = 0
+
+    async def generate(
+        self, prompt_ids: list[int], settings: SamplingSettings, n: int
+    ) -> list[Completion]:
+        prompt = self.tokenizer.decode(prompt_ids)
+        if prompt.count("<|im_start|>assistant") > 1:  # the tool has answered
+            reply = "So \\boxed{42}."
+        elif "6 * 7" in prompt:
+            reply = "```python\nprint(6 * 7)\n```\n"
+        else:
+            reply = "```python\nprint(1 / 0)\n```\n"
+        ids = self.tokenizer.encode(reply, add_special_tokens=False)
+        return [Completion(ids, [0.0] * len(ids), EpisodeEnd.STOP, [0] * len(ids))] * n
+
+    async def update_weights(self, state: Any, version: int) -> None:
+        raise AssertionError("not used")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_tool_calls_and_their_outcomes_are_counted_per_episode(tiny_model_path, tmp_path) -> None:
+    tasks = tmp_path / "heldout.jsonl"
+    tasks.write_text(
+        '{"question": "What is 6 * 7?", "answer": "42"}\n'
+        '{"question": "What is 1 / 0?", "answer": "undefined"}\n'
+    )
+    config = tiny_config(
+        tiny_model_path,
+        tmp_path,
+        "env.name=math-python",
+        f"eval.env_params.tasks_file={tasks}",
+        "eval.samples=1",
+        "rollout.sampling.max_new_tokens=32",
+    )
+    plan = eval_plan(config)
+    items = held_out_items(config, plan)
+    assert sorted(item.task.answer for item in items) == ["42", "undefined"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    players = workflow_players(AgentLoop, tokenizer, config.rollout, "test")
+    spec = resolve_env("math-python")
+    episodes = asyncio.run(play_eval(plan, items, ReplyEngine(tokenizer), spec, players, tokenizer))
+    metrics = summarize(plan, episodes)
+    for mode in ("greedy", "sampled"):
+        assert metrics[f"eval/{mode}/tool_call_rate"] == 1.0
+        assert metrics[f"eval/{mode}/tool_calls_per_episode"] == 1.0
+        assert metrics[f"eval/{mode}/tool_success_rate"] == 0.5
+        assert metrics[f"eval/{mode}/pass@1"] == 0.5
+        assert metrics[f"eval/{mode}/reward/tool_success"] == 0.5
+        assert metrics[f"eval/{mode}/turns_mean"] == 2.0
+    solved = next(e for e in episodes if e.solved)
+    assert "```output\n42\n```" in solved.transcript and solved.tool_successes == 1
