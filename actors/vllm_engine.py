@@ -122,7 +122,7 @@ class VLLMEngine:
                 staged.close()
 
     async def init_weight_transfer(self, init_info: dict[str, Any]) -> None:
-        """Join the learner's NCCL group (GPU path; needs `weight_transport="nccl"`)."""
+        """Join the learner's NCCL group (GPU path; needs an engine built with receives_pushes)."""
         await self._bounded(
             self._llm.collective_rpc(
                 "init_weight_transfer_engine",
