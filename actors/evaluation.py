@@ -44,7 +44,8 @@ class EvalPlan:
     success_threshold: float
     max_concurrent_episodes: int
 
-    def episodes(self, index: int) -> list[tuple[Mode, int]]:
+    def episodes(self) -> list[tuple[Mode, int]]:
+        """(mode, sample) of every episode a task gets."""
         greedy: list[tuple[Mode, int]] = [("greedy", 0)] if self.greedy else []
         return greedy + [("sampled", sample) for sample in range(self.samples)]
 
@@ -176,11 +177,7 @@ async def play_eval(
 
     return list(
         await asyncio.gather(
-            *(
-                one(item, mode, sample)
-                for item in items
-                for mode, sample in plan.episodes(item.index)
-            )
+            *(one(item, mode, sample) for item in items for mode, sample in plan.episodes())
         )
     )
 

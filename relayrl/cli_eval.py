@@ -51,7 +51,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def summary_line(label: str, metrics: dict[str, Any]) -> str:
     shown = [f"{name}={metrics[f'eval/{name}']:.3f}" for name in SHOWN if f"eval/{name}" in metrics]
-    k_keys = sorted(k for k in metrics if k.startswith("eval/sampled/pass@") and k[-2:] != "@1")
+    k_keys = sorted(
+        k for k in metrics if k.startswith("eval/sampled/pass@") and k != "eval/sampled/pass@1"
+    )
     shown += [f"{k.removeprefix('eval/')}={metrics[k]:.3f}" for k in k_keys]
     return f"{label}: {int(metrics['eval/tasks'])} tasks " + " ".join(shown)
 
