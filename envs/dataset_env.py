@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relayrl.envs.base import EnvSpec, Message, StepResult, Task, weighted_reward
 from relayrl.envs.python_sandbox import SandboxParams
@@ -99,6 +99,14 @@ class DatasetParams(BaseModel):
         description="Weights of the correct and format channels in the reward.",
     )
 
+    @field_validator("path")
+    @classmethod
+    def _file_exists(cls, path: str) -> str:
+        # Checked where the config is loaded, so a job without its data exits at preflight.
+        if not Path(path).is_file():
+            raise ValueError(f"{path!r}: no such file (relative to {Path.cwd()})")
+        return path
+
     @model_validator(mode="after")
     def _suffix_is_known(self) -> DatasetParams:
         if self.format == "auto" and Path(self.path).suffix not in (".jsonl", ".json", ".parquet"):
@@ -113,8 +121,8 @@ class DatasetParams(BaseModel):
 
 
 class DatasetError(UserError):
-    """The dataset file cannot give tasks: missing, without the mapped columns, no valid row,
-    or a bad row under `strict`."""
+    """The dataset file cannot give tasks: without the mapped columns, no valid row, or a bad
+    row under `strict`."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,6 @@ def _load_with_datasets(path: str, builder: str) -> list[dict[str, Any]]:
 
 def read_rows(params: DatasetParams) -> tuple[list[tuple[int, dict[str, Any]]], list[BadRow]]:
     """(row number, record) for every record of the file, and the lines that hold none."""
-    if not Path(params.path).is_file():
-        raise DatasetError(f"env.params.path {params.path!r}: no such file")
     if params.file_format == "parquet":
         records = _load_with_datasets(params.path, "parquet")
         return list(enumerate(records, start=1)), []

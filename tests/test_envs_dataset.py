@@ -13,10 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from relayrl.envs.base import StepResult
 from relayrl.envs.dataset_env import DatasetError, DatasetParams, DatasetTasks
-from relayrl.envs.registry import resolve_env
+from relayrl.envs.registry import EnvConfigError, resolve_env, validate_env_params
 from relayrl.envs.verifiers import parse_number
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data"
@@ -107,10 +108,12 @@ def test_bad_rows_are_reported_by_number_and_the_rest_load(
     with pytest.raises(ValueError, match=r"'question', 'answer' not in .*its columns: a, q"):
         DatasetTasks(params(path=path, verifier="numeric"))
     unparseable = write_jsonl(tmp_path / "m.jsonl", [{"question": "x", "answer": "}{"}])
-    with pytest.raises(ValueError, match="holds no valid rows"):
+    with pytest.raises(DatasetError, match="holds no valid rows"):
         DatasetTasks(params(path=unparseable))
-    with pytest.raises(DatasetError, match="no such file"):
-        DatasetTasks(params(path=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ValidationError, match=r"missing\.jsonl': no such file"):
+        params(path=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(EnvConfigError, match=r"env.params.path: .*missing.jsonl': no such file"):
+        validate_env_params("dataset", {"path": str(tmp_path / "missing.jsonl")})
 
 
 def test_math_verify_exact_match_and_numeric_verifiers(tmp_path: Path) -> None:
