@@ -44,3 +44,21 @@ class DigitEnv:
 
 
 DIGITS = EnvSpec(params_model=DigitParams, make_tasks=DigitTasks, make_env=DigitEnv)
+
+
+class HalfFlatEnv(DigitEnv):
+    """Even-numbered tasks give every reply the same reward, so their groups are flat."""
+
+    flat = False
+
+    async def reset(self, task: Task) -> list[Message]:
+        self.flat = int(task.id.removeprefix("digits-")) % 2 == 0
+        return task.messages
+
+    async def step(self, action: str) -> StepResult:
+        if self.flat:
+            return StepResult(observation=None, done=True, reward=0.5, reward_channels={})
+        return await super().step(action)
+
+
+HALF_FLAT = EnvSpec(params_model=DigitParams, make_tasks=DigitTasks, make_env=HalfFlatEnv)
