@@ -127,7 +127,8 @@ def _stop_fleet(controller: Any, fleet: RolloutFleet) -> None:
 
 
 def _report_end(runtime: JobRuntime) -> None:
-    status = {**runtime.final_status, "state": runtime.final_state.value}
+    workers = [{**w, "state": "stopped"} for w in runtime.final_status.get("workers", [])]
+    status = {**runtime.final_status, "state": runtime.final_state.value, "workers": workers}
     write_status_file(runtime.output_dir, status)
     try:
         ray.get(runtime.job_control.report.remote(status), timeout=CALL_TIMEOUT_S)

@@ -19,8 +19,8 @@ STATUS_FILE = "status.json"
 def status_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures of one step's metrics record that the status shows."""
     return {
-        "step": metrics["step"],
-        "version": metrics["version"],
+        "step": metrics[keys.STEP],
+        "version": metrics[keys.VERSION],
         "buffer": {
             "queue_depth": metrics.get(keys.BUFFER_QUEUE_DEPTH),
             "pending": metrics.get(keys.BUFFER_PENDING),
@@ -61,15 +61,17 @@ def status_from_output(output_dir: Path) -> dict[str, Any]:
     """A job that is not running, from what it left: status.json, the last metrics record,
     the latest checkpoint and the ledger."""
     status: dict[str, Any] = {"state": "not started"}
-    path = output_dir / STATUS_FILE
-    if path.is_file():
-        status = json.loads(path.read_text())
-        # A driver killed outright never wrote its end.
-        if status.get("state") in ("starting", "running", "stopping"):
-            status["state"] = "dead"
     metrics_path = output_dir / "metrics.jsonl"
     if metrics_path.is_file() and (records := read_metrics(metrics_path)):
         status |= status_from_metrics(records[-1])
+    path = output_dir / STATUS_FILE
+    if path.is_file():
+        # The driver's own last word wins: it saw the buffer after the final checkpoint.
+        status |= json.loads(path.read_text())
+        # A driver killed outright never wrote its end; one on a cluster this host cannot
+        # reach looks the same from here.
+        if status.get("state") in ("starting", "running", "stopping"):
+            status["state"] = f"unreachable (last reported {status['state']})"
     checkpoints = output_dir / "checkpoints"
     latest = latest_checkpoint(checkpoints)
     status["checkpoint"] = str(latest) if latest else None

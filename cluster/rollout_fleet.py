@@ -12,7 +12,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from relayrl.actors.rollout_worker import RolloutWorker
+from relayrl.actors import rollout_worker
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.cluster.placement import engine_placement, in_bundle
@@ -30,7 +30,8 @@ KILL_WAIT_S = 60.0
 ERRORS_KEPT = 10
 
 
-class FleetWorker(RolloutWorker):
+# The same class name, so the actor's process title stays ray::RolloutWorker.
+class RolloutWorker(rollout_worker.RolloutWorker):
     """A rollout worker whose sandboxed tool programs run on the job's sandbox actors."""
 
     def __init__(self, *args: Any) -> None:
@@ -38,7 +39,7 @@ class FleetWorker(RolloutWorker):
         super().__init__(*args)
 
 
-RemoteRolloutWorker = ray.remote(max_restarts=0)(FleetWorker)
+RemoteRolloutWorker = ray.remote(max_restarts=0)(RolloutWorker)
 
 
 class FleetDeadError(RuntimeError):

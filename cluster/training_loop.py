@@ -131,6 +131,7 @@ class TrainingLoop:
         checkpoint = None
         if self._checkpoint_due(step):
             checkpoint = self._checkpoint = Path(self._on_learner("save_checkpoint"))
+            stats = runtime.buffer.stats()  # the checkpoint acknowledged what it holds
         runtime.writer.write(step, metrics)
         stopping = self._orders.stop is StopMode.GRACEFUL
         status = {
@@ -141,6 +142,11 @@ class TrainingLoop:
             "workers": with_engine_versions(runtime.fleet.roster(), reports),
             "errors": list(runtime.fleet.errors),
             **status_from_metrics(metrics),
+            "buffer": {
+                "queue_depth": stats.undelivered,
+                "pending": stats.pending,
+                "dead_letters": stats.dead_letters,
+            },
         }
         self._report(status)
         report = StepReport(step, self.total, metrics, checkpoint, status)
