@@ -48,10 +48,6 @@ class StepReport:
 class LoopHooks:
     """Where features plug into the loop; each list runs in order."""
 
-    # Once, after every part started and before the first step (an SFT stage).
-    before_training: list[Callable[[JobRuntime], None]] = field(default_factory=list)
-    # Every supervision tick (about every SUPERVISE_EVERY_S while the learner works).
-    on_tick: list[Callable[[JobRuntime], None]] = field(default_factory=list)
     # After each learner step, before its record is written: extra metrics (an evaluation).
     step_metrics: list[Callable[[int, JobRuntime], Mapping[str, Any]]] = field(default_factory=list)
     # After each step's record is written: presenters.
@@ -92,8 +88,6 @@ class TrainingLoop:
         self._report({"job": runtime.config.name, "state": JobState.RUNNING.value,
                       "step": runtime.start_step, "total": self.total,
                       "version": runtime.start_version})  # fmt: skip
-        for hook in self.hooks.before_training:
-            hook(runtime)
         step = runtime.start_step
         while step < self.total:
             step += 1
@@ -183,8 +177,6 @@ class TrainingLoop:
         if desired != fleet.size:
             log.info("scaling rollout workers %d -> %d", fleet.size, desired)
             fleet.scale_to(desired)
-        for hook in self.hooks.on_tick:
-            hook(runtime)
         # The roster changes between steps (deaths, scaling); `relayrl status` sees it live.
         runtime.job_control.report.remote(
             {
