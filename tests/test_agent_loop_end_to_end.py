@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from relayrl import metric_keys as keys
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.metrics import read_metrics
 from relayrl.trajectory import NO_VERSION, decode
@@ -47,8 +48,11 @@ def test_the_learner_trained_on_multi_turn_episodes(finished_job) -> None:
     _, result, _ = finished_job
     records = read_metrics(result.metrics)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in records)
-    assert all({"reward/digits", "reward/tool_success"} <= r.keys() for r in records)
+    assert all(torch.isfinite(torch.tensor(r[keys.LOSS_TOTAL])) for r in records)
+    assert all(
+        {keys.reward_channel("digits"), keys.reward_channel("tool_success")} <= r.keys()
+        for r in records
+    )
     [report] = result.worker_reports
     assert report["tool_calls"] == 2 * report["trajectories"]
     assert report["turns"] == 3 * report["trajectories"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from relayrl import metric_keys as keys
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.metrics import read_metrics
@@ -46,8 +47,8 @@ def test_learner_took_every_step_and_wrote_metrics(finished_job) -> None:
     records = read_metrics(result.metrics)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert [r["version"] for r in records] == list(range(1, STEPS + 1))
-    assert all(r["batch/trajectories"] == 8 for r in records)
-    assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in records)
+    assert all(r[keys.BATCH_TRAJECTORIES] == 8 for r in records)
+    assert all(torch.isfinite(torch.tensor(r[keys.LOSS_TOTAL])) for r in records)
     assert result.plot is not None and result.plot.stat().st_size > 10_000
     assert any((result.output_dir / "tensorboard").iterdir())
 
@@ -56,10 +57,10 @@ def test_synchronous_steps_train_on_the_previous_version(finished_job) -> None:
     _, result, _ = finished_job
     for record in read_metrics(result.metrics):
         # max_staleness 0: every token of step s was sampled by policy version s - 1.
-        assert record["staleness/max"] == 0
-        assert record["batch/min_token_version"] == record["step"] - 1
+        assert record[keys.STALENESS_MAX] == 0
+        assert record[keys.BATCH_MIN_TOKEN_VERSION] == record["step"] - 1
         # The intake's stale filter would hide over-admission from the two checks above.
-        assert record["discarded/total"] == 0, record
+        assert record[keys.DISCARDED_TOTAL] == 0, record
 
 
 def test_workers_generated_with_rising_weight_versions(finished_job) -> None:
