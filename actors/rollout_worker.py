@@ -80,6 +80,8 @@ def build_engine(config: JobConfig, model_path: str, seed: int, tokenizer: Any) 
             config.model.dtype,
             seed,
             receives_pushes=config.rollout.weight_transport == "nccl",
+            # Another group's running samples must not switch weights under them.
+            finish_running=config.rollout.weight_update == "finish",
         )
     eos = tuple(int(t) for t in [tokenizer.eos_token_id] if t is not None)
     return TransformersEngine(

@@ -50,10 +50,13 @@ class VLLMEngine:
         seed: int,
         receives_pushes: bool = False,
         initial_version: int = 0,
+        finish_running: bool = False,
     ) -> None:
         """`receives_pushes`: weights arrive by NCCL broadcast (rollout.weight_transport nccl)
-        instead of through staged shared-memory files."""
+        instead of through staged shared-memory files. `finish_running`: an update first lets
+        running requests end on their weights (rollout.weight_update finish)."""
         self._config = config
+        self._finish_running = finish_running
         self._version = initial_version
         self._llm = AsyncLLM.from_engine_args(
             engine_args(config, model_path, dtype, seed, receives_pushes)
@@ -195,8 +198,9 @@ class VLLMEngine:
 
     async def _pause(self) -> None:
         # "keep" freezes running requests; clearing the cache makes them recompute their
-        # context under the new weights when they resume.
-        await self._bounded(self._llm.pause_generation(mode="keep", clear_cache=True))
+        # context under the new weights when they resume. "wait" lets them finish first.
+        mode = "wait" if self._finish_running else "keep"
+        await self._bounded(self._llm.pause_generation(mode=mode, clear_cache=True))
 
     async def _resume_as(self, version: int) -> None:
         # Only a fully loaded update resumes: a failure above leaves the engine paused.

@@ -13,31 +13,38 @@ from relayrl.cluster.job import run_job
 from relayrl.config import JobConfig
 from relayrl.config_loader import load_config
 from relayrl.metrics import read_metrics
+from tests.job_harness import (
+    assert_nothing_discarded,
+    job_on_own_redis,
+    stored_trajectories,
+    turn_versions,
+)
 
 pytestmark = pytest.mark.slow
 
 
+def vllm_overrides(model_path: str, *overrides: str) -> list[str]:
+    return [
+        "name=vllm-e2e",
+        f"model.path={model_path}",
+        "rollout.engine=vllm",
+        "rollout.num_workers=1",
+        "rollout.cpus_per_worker=1",
+        "rollout.group_size=4",
+        "rollout.sampling.max_new_tokens=12",
+        "env.name=tests.plugin_envs:DIGITS",
+        "learner.lr=1e-3",
+        "learner.micro_batch_tokens=256",
+        "trainer.steps=3",
+        "trainer.prompts_per_step=2",
+        "buffer.trim_acknowledged=false",
+        "output.tensorboard=false",
+        *overrides,
+    ]
+
+
 def vllm_job(model_path: str, out: Path, *overrides: str) -> JobConfig:
-    return load_config(
-        None,
-        [
-            "name=vllm-e2e",
-            f"model.path={model_path}",
-            "rollout.engine=vllm",
-            "rollout.num_workers=1",
-            "rollout.cpus_per_worker=1",
-            "rollout.group_size=4",
-            "rollout.sampling.max_new_tokens=12",
-            "env.name=tests.plugin_envs:DIGITS",
-            "learner.lr=1e-3",
-            "learner.micro_batch_tokens=256",
-            "trainer.steps=3",
-            "trainer.prompts_per_step=2",
-            f"output.dir={out}",
-            "output.tensorboard=false",
-            *overrides,
-        ],
-    )
+    return load_config(None, [*vllm_overrides(model_path, *overrides), f"output.dir={out}"])
 
 
 def test_job_trains_with_vllm_workers_on_fresh_weights(tiny_model_path, tmp_path) -> None:
@@ -48,28 +55,41 @@ def test_job_trains_with_vllm_workers_on_fresh_weights(tiny_model_path, tmp_path
     # the engine really loaded every published version in place.
     assert [r["batch/min_token_version"] for r in records] == [0, 1, 2]
     assert all(r["staleness/max"] == 0 for r in records)
+    # The intake's stale filter would hide over-admission from the two checks above.
+    assert_nothing_discarded(records)
     assert result.worker_reports[0]["weight_syncs"] >= 2
 
 
-def test_interrupting_updates_load_each_version_while_vllm_generates(
-    tiny_model_path, tmp_path
+@pytest.mark.parametrize("mode", ["interrupt", "finish"])
+def test_a_turn_switches_version_mid_generation_only_under_interrupt(
+    mode, tiny_model_path, tmp_path
 ) -> None:
-    result = run_job(
-        vllm_job(
-            tiny_model_path,
-            tmp_path / "run",
-            "trainer.max_staleness=1",
-            "rollout.weight_update=interrupt",
-            "rollout.sampling.max_new_tokens=48",
-        )
+    overrides = vllm_overrides(
+        tiny_model_path,
+        f"name=vllm-{mode}",
+        "trainer.max_staleness=1",
+        f"rollout.weight_update={mode}",
+        # Long samples make generating slower than a learner step, so every publish lands
+        # while vLLM is mid-sample.
+        "rollout.sampling.max_new_tokens=800",
+        "learner.micro_batch_tokens=1024",
     )
-    records = read_metrics(result.metrics)
-    assert [r["step"] for r in records] == [1, 2, 3]
-    assert all(r["staleness/max"] <= 1 for r in records)
-    [report] = result.worker_reports
-    # Versions reached the engine through the follower and the run loop alike; the job
-    # finishing with both loading into one engine is what this checks.
-    assert report["weight_syncs"] >= 2
+    job = job_on_own_redis(tmp_path, overrides)
+    config, result, client = next(job)
+    try:
+        records = read_metrics(result.metrics)
+        assert [r["step"] for r in records] == [1, 2, 3]
+        assert_nothing_discarded(records)
+        per_turn = turn_versions([t for _, t in stored_trajectories(client, config.stream_name)])
+        switched = [versions for versions in per_turn if len(set(versions)) > 1]
+        if mode == "interrupt":
+            # vLLM paused its running requests, loaded the version and went on with them.
+            assert switched, f"no stored turn spans a load: {[set(v) for v in per_turn]}"
+        else:
+            assert switched == []
+        assert result.worker_reports[0]["weight_syncs"] >= 2
+    finally:
+        job.close()
 
 
 @pytest.mark.gpu
