@@ -11,7 +11,8 @@ For each worker count the job runs `--steps` learner steps; the first `--warmup`
 (its final checkpoint) are left out. Reported per point: trained trajectories/s (batch over
 driver step time), the linear extrapolation of the one-worker figure, their ratio, the
 learner's own limit (batch over its train time), and both sides' idle fractions. The sweep
-doubles the worker count until the learner is the bottleneck or memory runs short.
+doubles the worker count until the learner is the bottleneck (and one doubling past it, to
+show the plateau), or memory runs short.
 
     .venv/bin/python -m benchmarks.scaling [--max-workers 64] [--generate-s 0.25]
 """
@@ -40,8 +41,8 @@ from relayrl.tiny_model import build_tiny_model
 WORKER_GB = 0.45
 # Left free for the learner, Redis, Ray and the rest of the machine.
 RESERVE_GB = 6.0
-# A point within this share of the learner's own limit counts as learner-bound.
-LEARNER_BOUND = 0.9
+# A point whose learner waits on data less than this share of its steps is learner-bound.
+LEARNER_BOUND_IDLE = 0.05
 
 
 def available_gb() -> float:
@@ -83,6 +84,12 @@ def measure(metrics_path: Path, warmup: int) -> dict[str, float]:
         "learner_idle": statistics.fmean(r["pipeline/learner_idle_fraction"] for r in records),
         "worker_idle": statistics.fmean(r["pipeline/worker_idle_fraction"] for r in records),
         "staleness_max": max(r["staleness/max"] for r in records),
+        # Per step: the learner publishing weights, and the driver's own share of the step.
+        "publish_s": statistics.fmean(r["time/publish_s"] for r in records),
+        "driver_s": statistics.fmean(
+            r["time/step_s"] - r["time/wait_batch_s"] - r["time/train_s"] - r["time/publish_s"]
+            for r in records
+        ),
     }
 
 
@@ -120,6 +127,7 @@ def main() -> None:
     points: list[dict[str, Any]] = []
     stopped = f"reached --max-workers {args.max_workers}"
     workers = 1
+    learner_bound_at: int | None = None
     try:
         while workers <= args.max_workers:
             needed = workers * WORKER_GB + RESERVE_GB
@@ -136,9 +144,12 @@ def main() -> None:
             point["worker_rss_gb"] = last.get("memory/worker_rss_gb", 0.0)
             points.append(point)
             print(json.dumps(point), flush=True)
-            if point["trained_per_s"] >= LEARNER_BOUND * point["learner_limit_per_s"]:
-                stopped = f"learner-bound at {workers} workers"
-                break
+            if point["learner_idle"] <= LEARNER_BOUND_IDLE:
+                if learner_bound_at is not None:
+                    stopped = f"learner-bound from {learner_bound_at} workers"
+                    break
+                # One more doubling shows the plateau.
+                learner_bound_at = workers
             workers *= 2
     finally:
         ray.shutdown()
@@ -156,15 +167,16 @@ def print_table(points: list[dict[str, Any]], args: argparse.Namespace, stopped:
     )
     print(
         "| workers | trained traj/s | linear | of linear | learner limit traj/s "
-        "| learner idle | worker idle | worker RSS GB |"
+        "| learner idle | worker idle | publish s/step | driver s/step | worker RSS GB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in points:
         linear = base * p["workers"]
         print(
             f"| {p['workers']} | {p['trained_per_s']:.1f} | {linear:.1f} | "
             f"{p['trained_per_s'] / linear:.0%} | {p['learner_limit_per_s']:.1f} | "
-            f"{p['learner_idle']:.0%} | {p['worker_idle']:.0%} | {p['worker_rss_gb']:.2f} |"
+            f"{p['learner_idle']:.0%} | {p['worker_idle']:.0%} | {p['publish_s']:.2f} | "
+            f"{p['driver_s']:.2f} | {p['worker_rss_gb']:.2f} |"
         )
 
 
