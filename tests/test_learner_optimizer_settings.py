@@ -98,6 +98,9 @@ def test_bfloat16_trains_the_policy_in_bf16(tiny_model_path, tmp_path, monkeypat
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
     fields = {"learner.zero_stage": 2, "model.dtype": "bfloat16"}
     _, learner, *_, metrics = one_step(tiny_model_path, str(tmp_path), fields)
+    # DeepSpeed itself runs the bf16 mode (its optimizer keeps fp32 master weights), not just
+    # a model that happens to be loaded in bf16.
+    assert learner.engine.bfloat16_enabled()
     dtypes = {p.dtype for p in learner.engine.module.parameters()}
     assert dtypes == {torch.bfloat16}
     assert torch.isfinite(torch.tensor(metrics["loss/total"]))
