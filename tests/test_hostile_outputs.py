@@ -299,7 +299,7 @@ def garbage_turn(draw: st.DrawFn, tokenizer: Any) -> list[int]:
     return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
-END_REASONS = set(get_args(EpisodeEnd))
+END_REASONS = set(EpisodeEnd)
 AGENT = AgentConfig(
     max_turns=4, max_total_tokens=2048, max_observation_chars=2000, max_observation_tokens=200
 )
