@@ -10,6 +10,7 @@ import signal
 import sys
 from types import FrameType
 
+from relayrl.cli_args import add_overrides
 from relayrl.cli_config import add_config_command
 from relayrl.cli_eval import add_eval_command
 from relayrl.cli_sft import add_sft_commands
@@ -105,14 +106,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 def _add_job_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="the job's config (YAML) or its output folder")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.SUB=VALUE",
-        help="the same overrides the job was started with (with a config)",
-    )
+    add_overrides(parser, "the same overrides the job was started with (with a config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,14 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="run a training job from a YAML config")
     train.add_argument("config", help="job config (YAML)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.SUB=VALUE",
-        help="override one config field (repeatable), e.g. --set trainer.steps=5",
-    )
+    add_overrides(train)
     train.add_argument(
         "--resume",
         action="store_true",
@@ -137,14 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale = commands.add_parser("scale", help="change the rollout workers of a running job")
     scale.add_argument("config", help="the running job's config (YAML)")
     scale.add_argument("workers", type=int, help="target number of rollout workers")
-    scale.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.SUB=VALUE",
-        help="the same overrides the job was started with",
-    )
+    add_overrides(scale, "the same overrides the job was started with")
     scale.set_defaults(handler=_scale)
     status = commands.add_parser(
         "status", help="show a job: live through Ray while it runs, else from its output folder"

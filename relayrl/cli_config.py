@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from relayrl.cli_args import add_overrides
 from relayrl.config import JobConfig
 from relayrl.config_loader import load_config
 from relayrl.errors import UserError
@@ -51,12 +52,5 @@ def add_config_command(commands: Any) -> None:
         default=None,
         help="print this job config (YAML) with the overrides applied and every default filled in",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.SUB=VALUE",
-        help="override one config field (repeatable), e.g. --set trainer.steps=2",
-    )
+    add_overrides(parser)
     parser.set_defaults(handler=_config)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from relayrl.cli_args import add_overrides
 from relayrl.config_loader import load_config
 from relayrl.errors import JobConfigError
 
@@ -73,12 +74,5 @@ def add_eval_command(commands: Any) -> None:
     parser.add_argument(
         "--out", default=None, help="report path; default OUTPUT_DIR/eval/<checkpoint>.json"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.SUB=VALUE",
-        help="override one config field (repeatable), e.g. --set eval.samples=8",
-    )
+    add_overrides(parser, "override one config field (repeatable), e.g. --set eval.samples=8")
     parser.set_defaults(handler=_eval)

@@ -9,20 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relayrl.cli_args import add_overrides
 from relayrl.config_loader import load_config
 from relayrl.errors import JobConfigError
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="job config (YAML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.SUB=VALUE",
-        help="override one config field (repeatable)",
-    )
+    add_overrides(parser)
 
 
 def _demos(args: argparse.Namespace) -> int:
