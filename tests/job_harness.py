@@ -17,6 +17,7 @@ from relayrl.cluster.job import JobResult, run_job
 from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.config import JobConfig
 from relayrl.config_loader import load_config
+from relayrl.metrics import read_metrics
 from relayrl.trajectory import Trajectory, decode
 
 # The subprocess jobs' admission bound (`trainer.max_staleness`).
@@ -146,4 +147,16 @@ def wait_for_steps(proc: subprocess.Popen, out: Path, count: int, timeout_s: flo
     while steps_done(out) < count:
         assert proc.poll() is None, f"job exited early with {proc.returncode}"
         assert time.monotonic() < deadline, "job made no progress"
+        time.sleep(0.5)
+
+
+def wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300) -> None:
+    """Until the job's last step record shows `count` rollout workers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_metrics(out / "metrics.jsonl")
+        if records and records[-1]["rollout/workers"] == count:
+            return
+        assert proc.poll() is None, f"job exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"the fleet never reached {count} workers"
         time.sleep(0.5)

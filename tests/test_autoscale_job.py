@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -18,23 +15,12 @@ import yaml
 
 from relayrl.cluster.audit import audit_stream
 from relayrl.metrics import read_metrics
-from tests.job_harness import job_args, start, wait_for_steps
+from tests.job_harness import job_args, start, wait_for_steps, wait_for_workers
 
 pytestmark = pytest.mark.slow
 
 SLOW_ENV = {"env_s": 1.5, "learner_s": 0.0}
 SLOW_LEARNER = {"env_s": 0.0, "learner_s": 3.0}
-
-
-def wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = read_metrics(out / "metrics.jsonl")
-        if records and records[-1]["rollout/workers"] == count:
-            return
-        assert proc.poll() is None, f"job exited early with {proc.returncode}"
-        assert time.monotonic() < deadline, f"the fleet never reached {count} workers"
-        time.sleep(0.5)
 
 
 def test_the_fleet_follows_the_slower_side(tiny_model_path, redis_server, tmp_path):

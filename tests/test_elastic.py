@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -20,6 +19,7 @@ from tests.job_harness import (
     steps_done,
     stored_trajectories,
     wait_for_steps,
+    wait_for_workers,
 )
 
 pytestmark = pytest.mark.slow
@@ -29,17 +29,6 @@ def scale(args: list[str], workers: int) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "relayrl.cli", "scale", args[4], str(workers)]
     command += args[5:]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
-
-
-def wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = read_metrics(out / "metrics.jsonl")
-        if records and records[-1]["rollout/workers"] == count:
-            return
-        assert proc.poll() is None, f"job exited early with {proc.returncode}"
-        assert time.monotonic() < deadline, f"never saw {count} workers"
-        time.sleep(0.5)
 
 
 def test_scale_workers_up_and_down_while_training(tiny_model_path, redis_server, tmp_path):
