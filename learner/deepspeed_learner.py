@@ -28,7 +28,7 @@ from relayrl.learner.batch_metrics import batch_metrics
 from relayrl.learner.batching import pad_rows
 from relayrl.learner.discard import discard_metrics
 from relayrl.learner.engines import training_engine
-from relayrl.learner.full_state import full_state_dict
+from relayrl.learner.full_state import save_weights_and_engine
 from relayrl.learner.group_filter import ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
 from relayrl.learner.memory_metrics import learner_memory_metrics
@@ -265,16 +265,11 @@ class DeepSpeedLearner:
 
     def save_checkpoint(self) -> str:
         """Write a checkpoint, then acknowledge the entries its steps used."""
-        from transformers import AutoTokenizer
-
         root = self.config.checkpoint_dir
         folder = checkpoint.step_dir(root, self.step)
-        state = full_state_dict(self.engine.module, self.config.learner.zero_stage, self.rank)
-        if self.rank == 0:
-            (folder / "hf").mkdir(parents=True, exist_ok=True)
-            self.engine.module.save_pretrained(folder / "hf", state_dict=state)
-            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(folder / "hf")
-        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="engine")
+        save_weights_and_engine(
+            self.engine, folder, self.model_path, self.config.learner.zero_stage, self.rank
+        )
         if self.value_model is not None:
             self.value_model.save_state(folder)
         if self.rank == 0:

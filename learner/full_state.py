@@ -3,6 +3,9 @@ and saving checkpoints. Under ZeRO-3 parameters are gathered one at a time, on e
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -27,3 +30,18 @@ def full_state_dict(module: nn.Module, zero_stage: int, rank: int) -> dict[str, 
         if rank == 0:
             state[name] = copies[key]
     return state
+
+
+def save_weights_and_engine(
+    engine: Any, folder: Path, model_path: str, zero_stage: int, rank: int
+) -> None:
+    """Hugging Face weights and tokenizer under `folder/hf` (rank 0), then the DeepSpeed engine
+    and optimizer state under `folder/deepspeed` (every rank: each saves its own partition)."""
+    from transformers import AutoTokenizer
+
+    state = full_state_dict(engine.module, zero_stage, rank)
+    if rank == 0:
+        (folder / "hf").mkdir(parents=True, exist_ok=True)
+        engine.module.save_pretrained(folder / "hf", state_dict=state)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(folder / "hf")
+    engine.save_checkpoint(str(folder / "deepspeed"), tag="engine")

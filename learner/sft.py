@@ -19,7 +19,7 @@ from relayrl.config import JobConfig
 from relayrl.demos import read_demos
 from relayrl.learner import checkpoint
 from relayrl.learner.engines import step_and_grad_norm
-from relayrl.learner.full_state import full_state_dict
+from relayrl.learner.full_state import save_weights_and_engine
 from relayrl.learner.micro_batches import micro_batch_tensors, rank_micro_batches
 from relayrl.learner.rank_sync import sum_over_ranks
 from relayrl.learner.sft_data import Framing, training_rows
@@ -113,16 +113,11 @@ class SftTrainer:
 
     def save_checkpoint(self) -> str:
         """Hugging Face weights and tokenizer, the engine state, then `latest`."""
-        from transformers import AutoTokenizer
-
         root = sft_dir(self.config.output_dir)
         folder = checkpoint.step_dir(root, self.step)
-        state = full_state_dict(self.engine.module, self.config.learner.zero_stage, self.rank)
-        if self.rank == 0:
-            (folder / "hf").mkdir(parents=True, exist_ok=True)
-            self.engine.module.save_pretrained(folder / "hf", state_dict=state)
-            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(folder / "hf")
-        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="engine")
+        save_weights_and_engine(
+            self.engine, folder, self.model_path, self.config.learner.zero_stage, self.rank
+        )
         if self.rank == 0:
             checkpoint.write_state(folder, self.position())
             checkpoint.mark_latest(root, folder)
