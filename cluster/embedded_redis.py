@@ -44,6 +44,10 @@ class RedisUnavailableError(RuntimeError):
     """No redis-server binary could be found or it failed to start."""
 
 
+class RedisPortTakenError(RedisUnavailableError):
+    """The server could not bind its port: another process listens on it."""
+
+
 class RedisDataDirBusyError(RedisUnavailableError, JobConfigError):
     """Another live owner, or a redis-server relayrl did not start, uses the data directory."""
 
@@ -93,6 +97,8 @@ class EmbeddedRedis:
         # Guards `_process` only; never held while waiting for a server to answer.
         self._lock = threading.Lock()
         self._owner_fd: int | None = None
+        # A port picked here may be taken before the server binds it: start() then picks again.
+        self._port_picked = port is None
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
         self._process: subprocess.Popen[bytes] | None = None
@@ -115,10 +121,7 @@ class EmbeddedRedis:
         self._claim_data_dir()
         try:
             self._end_server_left_behind()
-            with self._lock:
-                process = self._spawn()
-            if not self._wait_until_answering(process, timeout_s):
-                raise RedisUnavailableError(f"redis-server did not answer in {timeout_s:.0f}s")
+            self._start_on_a_free_port(timeout_s)
         except BaseException:
             self._stop_server(10.0)
             self._release_data_dir()
@@ -130,6 +133,24 @@ class EmbeddedRedis:
             )
             self._watchdog.start()
         return self
+
+    def _start_on_a_free_port(self, timeout_s: float, attempts: int = 5) -> None:
+        """Spawn the server and wait for it; when it lost a port this object picked to
+        another process (taken between the pick and the bind), pick another and start again."""
+        for attempt in range(attempts):
+            with self._lock:
+                process = self._spawn()
+            try:
+                answering = self._wait_until_answering(process, timeout_s)
+            except RedisPortTakenError:
+                if not self._port_picked or attempt == attempts - 1:
+                    raise
+                log.info("port %d was taken before redis-server bound it; repicking", self.port)
+                self.port = free_port()
+                continue
+            if not answering:
+                raise RedisUnavailableError(f"redis-server did not answer in {timeout_s:.0f}s")
+            return
 
     def _claim_data_dir(self) -> None:
         """Take the directory's owner lock, or refuse: a live owner already runs a server on
@@ -233,6 +254,8 @@ class EmbeddedRedis:
                 if process.poll() is not None:
                     log_file = self.data_dir / "redis.log"
                     tail = log_file.read_text()[-500:] if log_file.exists() else ""
+                    if f":{self.port}: bind: Address already in use" in tail:
+                        raise RedisPortTakenError(f"port {self.port} is taken: {tail}")
                     raise RedisUnavailableError(f"redis-server exited at start-up: {tail}")
                 try:
                     client.ping()
