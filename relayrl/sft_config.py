@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Under output.dir: the stage's checkpoints (step-N/, latest) and metrics.jsonl.
 SFT_FOLDER = "sft"
@@ -20,7 +20,8 @@ class SftConfig(BaseModel):
 
     data: str = Field(
         description="Demonstrations: a JSONL file of chat conversations (relayrl demos writes "
-        "one; the format is in relayrl/demos.py)."
+        "one; the format is in relayrl/demos.py). A relative path resolves against the working "
+        "directory the job is started from, as output.dir does."
     )
     epochs: float | None = Field(
         None,
@@ -47,6 +48,12 @@ class SftConfig(BaseModel):
         0, ge=0, description="Checkpoint every this many SFT steps; 0: only at the end."
     )
     seed: int = Field(0, description="Seed of the order conversations are trained in.")
+
+    @field_validator("data")
+    @classmethod
+    def _absolute(cls, data: str) -> str:
+        # Made absolute where the config is loaded: learner ranks may run in another folder.
+        return str(Path(data).expanduser().absolute())
 
     @model_validator(mode="after")
     def _one_length(self) -> SftConfig:
