@@ -3,7 +3,12 @@
 Concurrent `generate` calls share one forward pass: a scheduler thread keeps a running batch
 over a KV cache and, at every token, admits the requests that are waiting (prefilled
 left-padded, then merged into the batch) and retires the rows that finished, so the model
-sees every sequence in flight at once (continuous batching)."""
+sees every sequence in flight at once (continuous batching).
+
+The engine can also generate with a model it is handed instead of loading one (a colocated
+learner's own module, cluster/colocated.py): `paused()` then gives its owner the model
+exclusively, once the running rows have finished, and `mark_version` names the weights the
+owner left in it."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,11 +122,18 @@ class TransformersEngine:
         settings: TransformersSettings,
         eos_token_ids: tuple[int, ...],
         tokenizer: Any = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
+        """`model`: generate with this module (its parameters shared, never copied) instead
+        of loading `settings.model_path`."""
         torch.set_num_threads(settings.torch_threads)
         self._settings = settings
-        self._model = AutoModelForCausalLM.from_pretrained(
-            settings.model_path, dtype=_DTYPES[settings.dtype]
+        self._model = (
+            model
+            if model is not None
+            else AutoModelForCausalLM.from_pretrained(
+                settings.model_path, dtype=_DTYPES[settings.dtype]
+            )
         )
         self._model.eval()
         self._vocab = self._model.get_input_embeddings().num_embeddings
@@ -136,6 +148,9 @@ class TransformersEngine:
         self._loads: list[_Load] = []
         self._interrupt = False
         self._closed = False
+        # Owners waiting for, or holding, the model exclusively (paused()).
+        self._pause_requests = 0
+        self._paused = False
         # The running batch: owned by the scheduler thread.
         self._rows: list[_Row] = []
         self._complete: list[_Request] = []
@@ -186,7 +201,7 @@ class TransformersEngine:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             self._pending.append(request)
-            self._wake.notify()
+            self._wake.notify_all()
         return await request.future
 
     def interrupt(self) -> None:
@@ -194,7 +209,7 @@ class TransformersEngine:
         return "abort" with what they have so far (weight-update interrupt)."""
         with self._wake:
             self._interrupt = True
-            self._wake.notify()
+            self._wake.notify_all()
 
     async def update_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         """Load once the running rows have finished; requests arriving meanwhile wait, so a
@@ -205,13 +220,38 @@ class TransformersEngine:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             self._loads.append(load)
-            self._wake.notify()
+            self._wake.notify_all()
         await load.future
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[torch.nn.Module]:
+        """The model, the caller's alone for the block: running rows finish first, requests
+        arriving meanwhile wait. The caller may train it in place (then `mark_version`) and
+        must leave it in eval mode."""
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._pause_requests += 1
+            self._wake.notify_all()
+            self._wake.wait_for(lambda: self._paused or self._closed)
+        try:
+            yield self._model
+        finally:
+            with self._wake:
+                self._pause_requests -= 1
+                self._wake.notify_all()
+
+    def mark_version(self, version: int) -> None:
+        """The weights now in the shared model are `version`; rows admitted from now on are
+        stamped with it. Only inside `paused()`, when no row is running."""
+        if not self._paused:
+            raise RuntimeError("mark_version outside paused(): rows may be running")
+        self._version = version
 
     async def close(self) -> None:
         with self._wake:
             self._closed = True
-            self._wake.notify()
+            self._wake.notify_all()
         await asyncio.to_thread(self._thread.join)
         self._model = None
 
@@ -227,22 +267,34 @@ class TransformersEngine:
                         or self._loads
                         or self._pending
                         or self._rows
+                        or self._pause_requests
                     )
                 )
                 if self._closed:
                     break
+                if self._pause_requests and not self._rows:
+                    self._hand_over()
+                    continue
                 interrupted, self._interrupt = self._interrupt, False
                 aborted = self._pending if interrupted else []
                 if interrupted:
                     self._pending = []
                 load = self._loads.pop(0) if self._loads and not self._rows else None
-                admitted = [] if self._loads or load else self._take_pending()
+                held = self._loads or load or self._pause_requests
+                admitted = [] if held else self._take_pending()
             try:
                 with torch.inference_mode():
                     self._step(interrupted, aborted, load, admitted)
             except Exception as exc:  # the batch is lost, the engine is not
                 self._fail(admitted, exc)
         self._fail(self._pending + self._take_loads(), RuntimeError("the engine is closed"))
+
+    def _hand_over(self) -> None:
+        """Under `_wake`: let the pausing owners have the model until the last one is done."""
+        self._paused = True
+        self._wake.notify_all()
+        self._wake.wait_for(lambda: not self._pause_requests or self._closed)
+        self._paused = False
 
     def _take_pending(self) -> list[_Request]:
         room = self._settings.max_batch_rows - len(self._rows)

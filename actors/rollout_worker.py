@@ -97,7 +97,8 @@ class RolloutWorker:
     """One worker. It takes the whole JobConfig: besides `rollout` it reads the model dtype,
     the environment, the seed, and the learner's batch timeout (how long a pushed version may
     take). `worker_id`, the resolved `model_path` and the `start_step` of a resumed job are
-    facts of this run, not config."""
+    facts of this run, not config. `engine`, when given, is the engine to generate with
+    instead of building one (a colocated learner's, cluster/colocated.py)."""
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class RolloutWorker:
         producer: TrajectoryProducer,
         weights: WeightSubscriber,
         gate: AdmissionGate,
+        engine: Engine | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         self.config = config
@@ -118,7 +120,9 @@ class RolloutWorker:
         self.weights = weights
         self.gate = gate
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.engine = build_engine(config, model_path, engine_seed(seed, worker_id), self.tokenizer)
+        self.engine = engine or build_engine(
+            config, model_path, engine_seed(seed, worker_id), self.tokenizer
+        )
         # Interrupting updates: an engine that loads in place (vLLM) just needs each new
         # version loaded as soon as it is published; under a push transport the learner
         # already does that.

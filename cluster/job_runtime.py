@@ -14,11 +14,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
+from relayrl.cluster.colocated_fleet import ColocatedFleet, ColocatedLearnerGroup, colocated_cpus
 from relayrl.cluster.controller import ControllerGate, ControllerRefill, RolloutController
 from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.job_control import RAY_ADDRESS_FILE, JobControl, JobState, job_control_name
 from relayrl.cluster.job_status import write_status_file
 from relayrl.cluster.learner_group import LearnerGroup
+from relayrl.cluster.placement_rule import job_placement, local_cores, on_cluster
 from relayrl.cluster.preflight import check_local_gpus
 from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer, write_buffer_location
@@ -62,7 +64,7 @@ class JobRuntime:
     controller: Any
     job_control: Any
     learner: LearnerGroup
-    fleet: RolloutFleet
+    fleet: RolloutFleet | ColocatedFleet
     writer: MetricsWriter
     start_step: int
     start_version: int
@@ -140,30 +142,43 @@ def _report_end(runtime: JobRuntime) -> None:
 def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[JobRuntime]:
     """Start every part of the job; on any exit, stop them in reverse order."""
     model_path = resolve_model(config.model.path)
+    # The one place the placement forks: which learner group and fleet the loop is given.
+    colocated = job_placement(config) == "colocated"
+    workers = 1 if colocated else config.rollout.num_workers
     with ExitStack() as stack:
         end_session_left_behind(output_dir)
         redis_url, buffer = _start_buffer(config, output_dir, resume, stack)
         _start_ray(config, output_dir, stack)
-        weights = build_weight_transport(config, CALL_TIMEOUT_S)
+        weights = None if colocated else build_weight_transport(config, CALL_TIMEOUT_S)
         controller = RolloutController.remote(
             config.batch_size, config.trainer.max_staleness, buffer
         )
-        job_control = JobControl.options(name=job_control_name(config.name)).remote(
-            config.rollout.num_workers
-        )
+        job_control = JobControl.options(name=job_control_name(config.name)).remote(workers)
         _publish_address(output_dir, stack)
         log.info(
             "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",
             config.learner.num_ranks,
             config.learner.zero_stage,
         )
-        learner = LearnerGroup(
-            config,
-            model_path,
-            buffer.with_consumer("learner-0"),
-            weights.publisher,
-            ControllerRefill(controller),
-            call_timeout_s=CALL_TIMEOUT_S,
+        consumer = buffer.with_consumer("learner-0")
+        learner = (
+            ColocatedLearnerGroup(
+                config,
+                model_path,
+                consumer,
+                ControllerRefill(controller),
+                CALL_TIMEOUT_S,
+                cores=int(colocated_cpus(config)) if on_cluster() else local_cores(),
+            )
+            if weights is None
+            else LearnerGroup(
+                config,
+                model_path,
+                consumer,
+                weights.publisher,
+                ControllerRefill(controller),
+                call_timeout_s=CALL_TIMEOUT_S,
+            )
         )
         stack.callback(learner.kill)
         step = version = 0
@@ -180,16 +195,30 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         # Admission counts the stream's unbooked entries; a lost learner's bookings are void.
         buffer.reset_booked()
         ray.get(controller.set_version.remote(version), timeout=CALL_TIMEOUT_S)
-        fleet = RolloutFleet(
-            config,
-            worker_model,
-            step,
-            buffer,
-            weights.subscriber,
-            ControllerGate(controller),
-            controller,
-            engine_roster=weights.roster,
-        )
+        fleet: RolloutFleet | ColocatedFleet
+        if isinstance(learner, ColocatedLearnerGroup):
+            fleet = ColocatedFleet(
+                config,
+                worker_model,
+                step,
+                buffer,
+                ControllerGate(controller),
+                controller,
+                learner.actor,
+                CALL_TIMEOUT_S,
+            )
+        else:
+            assert weights is not None
+            fleet = RolloutFleet(
+                config,
+                worker_model,
+                step,
+                buffer,
+                weights.subscriber,
+                ControllerGate(controller),
+                controller,
+                engine_roster=weights.roster,
+            )
         trackers = open_trackers(
             config.output.loggers, config.name, output_dir, config.model_dump(mode="json")
         )
@@ -212,5 +241,5 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         # Reverse order: the fleet stops, then job control and status.json hear the end.
         stack.callback(_report_end, runtime)
         stack.callback(_stop_fleet, controller, fleet)
-        fleet.scale_to(config.rollout.num_workers)
+        fleet.scale_to(workers)
         yield runtime

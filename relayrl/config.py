@@ -210,6 +210,16 @@ class RolloutConfig(Section):
     max_worker_restarts: int = Field(
         3, ge=0, description="Restarts of crashed workers before the job reports them dead."
     )
+    placement: Literal["auto", "separate", "colocated"] = Field(
+        "auto",
+        description="Where generation runs. separate: rollout workers are Ray actors of their "
+        "own, generating while the learner trains; colocated: one Ray actor holds the one CPU "
+        "learner rank and one in-process transformers worker that generates with the "
+        "learner's own module (no weight copy, one model in memory), the two taking turns "
+        "with all the actor's cores (num_workers, cpus_per_worker and scaling do not apply); "
+        "auto: colocated for one CPU learner rank with the transformers engine on a local Ray "
+        "instance of at most 4 cores, separate otherwise (docs/architecture.md).",
+    )
 
     @property
     def torch_thread_count(self) -> int:
@@ -510,6 +520,32 @@ class JobConfig(Section):
                     + "; use object_store otherwise"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _colocation_is_possible(self) -> JobConfig:
+        if self.rollout.placement == "colocated" and (why := self.colocation_refused):
+            raise ValueError(f"rollout.placement colocated: {why}")
+        return self
+
+    @property
+    def colocation_refused(self) -> str | None:
+        """Why this job cannot run colocated (learner and generation in one actor), if so."""
+        if self.learner.num_ranks > 1:
+            return f"learner.num_ranks is {self.learner.num_ranks}; one actor holds one rank"
+        if self.rollout.engine == "vllm":
+            return (
+                "rollout.engine vllm: vLLM colocation needs its sleep mode (freeing the KV "
+                "cache while the learner trains), which is not built; use the transformers "
+                "engine or rollout.placement: separate"
+            )
+        if self.learner.gpus_per_rank or self.rollout.gpus_per_worker:
+            return (
+                "learner.gpus_per_rank / rollout.gpus_per_worker: colocation is built for "
+                "CPU learners only; use rollout.placement: separate on GPUs"
+            )
+        if self.rollout.autoscale is not None:
+            return "rollout.autoscale: a colocated job has exactly one in-process worker"
+        return None
 
     @property
     def batch_size(self) -> int:

@@ -43,6 +43,8 @@ OFF_POLICY_IS_WEIGHT_MIN = "off_policy/is_weight_min"
 TIME_WAIT_BATCH_S = "time/wait_batch_s"
 TIME_TRAIN_S = "time/train_s"
 TIME_PUBLISH_S = "time/publish_s"
+# Colocated placement: what the step waited for the engine's running rows to finish.
+TIME_ENGINE_DRAIN_S = "time/engine_drain_s"
 TIME_STEP_S = "time/step_s"
 
 # Weight pushes (nccl transport).
