@@ -83,6 +83,7 @@ class RolloutController:
         self._state = AdmissionState(batch_size, max_staleness, version)
         self._backlog = backlog
         self._changed = asyncio.Condition()
+        self._waiting = 0  # acquire calls waiting for room now
 
     async def _read_backlog(self) -> None:
         self._state.backlog = await asyncio.to_thread(self._backlog.backlog)
@@ -100,6 +101,7 @@ class RolloutController:
         state = self._state
         await self._refresh()
         async with self._changed:
+            self._waiting += 1
             try:
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: state.stopping or state.capacity() >= count),
@@ -107,6 +109,8 @@ class RolloutController:
                 )
             except TimeoutError:
                 return AdmissionReply(Answer.TIMED_OUT)
+            finally:
+                self._waiting -= 1
             if state.stopping:
                 return AdmissionReply(Answer.STOPPING)
             state.admit(worker_id, count)
@@ -144,6 +148,7 @@ class RolloutController:
             "backlog": state.backlog,
             "running": state.running,
             "capacity": state.capacity(),
+            "waiting": self._waiting,
         }
 
 
