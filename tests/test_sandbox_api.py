@@ -66,8 +66,8 @@ def test_scratch_is_private_to_one_run() -> None:
 
 def test_cpu_limit_reports_timeout() -> None:
     result = run_python("while True: pass", SandboxLimits(wall_s=10.0, cpu_s=1))
+    # SIGXCPU: the CPU rlimit ended it, not the 10 s wall timeout (which kills, with no code).
     assert (result.status, result.exit_code) == ("timeout", -signal.SIGXCPU)
-    assert result.duration_s < 5.0
 
 
 def test_output_exactly_at_the_cap_is_kept_whole() -> None:

@@ -38,7 +38,7 @@ def run_sandbox_cli(
 ) -> dict[str, Any]:
     program = tmp_path / f"program-{uuid.uuid4().hex[:8]}.py"
     program.write_text(textwrap.dedent(code))
-    started = time.monotonic()
+    # A CLI that hangs past its own timeout fails here (TimeoutExpired), whatever the host's speed.
     completed = subprocess.run(
         [*SANDBOX_CLI, "run", "--timeout", str(timeout_s), *options, str(program)],
         capture_output=True,
@@ -47,7 +47,6 @@ def run_sandbox_cli(
         env=env,
         check=False,
     )
-    assert time.monotonic() - started < timeout_s + CLI_MARGIN_S
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
     assert len(lines) == 1, "the CLI prints exactly one JSON object"
