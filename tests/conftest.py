@@ -43,11 +43,13 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    """A local two-CPU Ray for the tests of one module, stopped after them."""
+def ray_instance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A local Ray for the tests of one module, stopped after them: `RAY_CPUS` CPUs where the
+    module sets it, else two. The one Ray fixture of the suite, so every module starts and
+    stops Ray the same way."""
     from relayrl.cluster.ray_runtime import ray_session
 
-    with ray_session(2):
+    with ray_session(getattr(request.module, "RAY_CPUS", 2)):
         yield
 
 
@@ -58,3 +60,12 @@ def redis_server(tmp_path: Path) -> Iterator:
     server = EmbeddedRedis(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def observed_run(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The one short real job (tests/observed_run.py) that the metrics-contract, observability
+    and Redis-password tests read, run once for the session."""
+    from tests.observed_run import run_observed_job
+
+    yield from run_observed_job(tiny_model_path, tmp_path_factory.mktemp("observed"))

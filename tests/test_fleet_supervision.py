@@ -5,7 +5,6 @@ worker whose run loop failed is killed (its process gone) before its replacement
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -14,7 +13,6 @@ import ray
 from ray.exceptions import RayActorError
 
 from relayrl.cluster.controller import RolloutController
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.rollout_fleet import RolloutFleet
 from relayrl.cluster.weights.nccl_subscriber import PushedVersions
 from relayrl.cluster.weights.object_store import WeightStore
@@ -22,12 +20,6 @@ from relayrl.cluster.weights.roster import EngineRoster, RosterClient
 from tests.worker_settings import tiny_worker_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    with ray_session(2):
-        yield
 
 
 class EmptyBacklog:

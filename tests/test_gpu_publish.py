@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weights.nccl_publisher import NcclPublisher
 from relayrl.cluster.weights.object_store import WeightStore
 from relayrl.cluster.weights.roster import EngineMember, EngineRoster, RosterClient
@@ -48,12 +47,6 @@ class Recorded:
                 return None
 
         return Sender()
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    with ray_session(2):
-        yield
 
 
 def _pushing_learner(model_path: str, out: Path, zero_stage: int) -> tuple[Any, Recorded]:

@@ -4,7 +4,6 @@ Redis, rollout workers and DeepSpeed, the tiny model and an environment whose re
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from relayrl.cluster.job import JobResult, run_job
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.config_loader import load_config
 from relayrl.learner.value_model import CHECKPOINT_FOLDER
 from relayrl.metrics import read_metrics
@@ -20,12 +18,8 @@ from relayrl.metrics import read_metrics
 pytestmark = pytest.mark.slow
 
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    with ray_session(4):
-        yield
+# The conftest's ray_instance: both jobs reuse it instead of each starting a Ray.
+RAY_CPUS = 4
 
 
 def train(model_path: str, out: Path, name: str, algorithm: list[str]) -> JobResult:
@@ -59,13 +53,13 @@ def weights_changed(checkpoint: Path, model_path: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def ppo_run(ray_cluster, tiny_model_path: str, tmp_path_factory) -> JobResult:
+def ppo_run(ray_instance, tiny_model_path: str, tmp_path_factory) -> JobResult:
     out = tmp_path_factory.mktemp("ppo") / "run"
     return train(tiny_model_path, out, "ppo-critic", ["advantage.name=gae", "critic.lr=1e-3"])
 
 
 @pytest.fixture(scope="module")
-def kl_run(ray_cluster, tiny_model_path: str, tmp_path_factory) -> JobResult:
+def kl_run(ray_instance, tiny_model_path: str, tmp_path_factory) -> JobResult:
     out = tmp_path_factory.mktemp("grpo-kl") / "run"
     return train(tiny_model_path, out, "grpo-kl", ["kl.coef=0.05", "kl.estimator=k2"])
 

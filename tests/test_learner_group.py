@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM
 from relayrl.algorithm_config import AlgorithmConfig
 from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.learner_group import LearnerGroup
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.weights.object_store import (
     ObjectStorePublisher,
@@ -33,11 +32,13 @@ pytestmark = pytest.mark.slow
 SHIFT = 2.0  # behaviour log-probs this much below the model's: importance weight e^2
 
 
+RAY_CPUS = 4  # the conftest's ray_instance: two learner ranks and their actors
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster(ray_instance: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
-    with ray_session(4):
-        yield redis.url
+    yield redis.url
     redis.stop()
 
 

@@ -5,8 +5,6 @@ job reports."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import ray
@@ -15,7 +13,6 @@ from transformers import AutoModelForCausalLM
 
 from relayrl.algorithm_config import AlgorithmConfig, EntropyConfig
 from relayrl.cluster.pipeline_meter import worker_memory
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weights.codec import from_wire, to_wire
 from relayrl.cluster.weights.object_store import (
     ObjectStorePublisher,
@@ -141,12 +138,6 @@ def test_worker_memory_takes_the_largest_rss_and_adds_up_pss() -> None:
 
 
 # ---- the weight store on a real Ray ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    with ray_session(2):
-        yield
 
 
 @ray.remote(num_cpus=0)

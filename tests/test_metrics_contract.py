@@ -1,6 +1,6 @@
-"""The metrics the README promises, read from a real short run: each key is there, in its
-range, and agrees with what the stream and the ledger say the step trained; TensorBoard holds
-the same figures under the same tags."""
+"""The metrics the README promises, read from a real short run (the session's observed_run):
+each key is there, in its range, and agrees with what the stream and the ledger say the step
+trained; TensorBoard holds the same figures under the same tags."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from relayrl.learner.checkpoint import read_ledger
 from relayrl.metrics import read_metrics
-from tests.job_harness import assert_nothing_discarded, job_on_own_redis, stored_trajectories
+from tests.job_harness import assert_nothing_discarded, stored_trajectories
+from tests.observed_run import CAP, GROUP, PROMPTS, STEPS, WORKERS, ObservedRun
 
 pytestmark = pytest.mark.slow
-
-STEPS = 3
-WORKERS = 2
-PROMPTS = 2
-GROUP = 2
-CAP = 2.0
 
 # Every key the README names for a CPU run with this algorithm (weights/push_* are GPU only).
 PROMISED = {
@@ -83,35 +78,8 @@ FRACTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def run(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory):
-    yield from job_on_own_redis(
-        tmp_path_factory.mktemp("contract"),
-        [
-            "name=contract",
-            f"model.path={tiny_model_path}",
-            f"rollout.num_workers={WORKERS}",
-            f"rollout.group_size={GROUP}",
-            "rollout.sampling.max_new_tokens=8",
-            "env.name=tests.plugin_envs:DIGITS",
-            "buffer.trim_acknowledged=false",
-            "learner.micro_batch_tokens=128",
-            "learner.grad_clip=1.0",
-            "learner.algorithm.kl.coef=0.01",
-            "learner.algorithm.entropy.coef=0.001",
-            "learner.algorithm.off_policy.importance_sampling.mode=truncate",
-            f"learner.algorithm.off_policy.importance_sampling.cap={CAP}",
-            f"trainer.steps={STEPS}",
-            f"trainer.prompts_per_step={PROMPTS}",
-            "trainer.max_staleness=1",
-            "trainer.checkpoint_every=1",
-            "output.tensorboard=true",
-        ],
-    )
-
-
-def test_every_promised_key_is_there_and_in_range(run) -> None:
-    _, result, _ = run
+def test_every_promised_key_is_there_and_in_range(observed_run: ObservedRun) -> None:
+    result = observed_run.result
     records = read_metrics(result.metrics)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for record in records:
@@ -150,9 +118,12 @@ def test_every_promised_key_is_there_and_in_range(run) -> None:
     assert_nothing_discarded(records)
 
 
-def test_batch_figures_match_what_the_ledger_says_each_step_trained(run) -> None:
-    config, result, client = run
-    stored = {t.id: t for _, t in stored_trajectories(client, config.stream_name)}
+def test_batch_figures_match_what_the_ledger_says_each_step_trained(
+    observed_run: ObservedRun,
+) -> None:
+    result = observed_run.result
+    stream = observed_run.config.stream_name
+    stored = {t.id: t for _, t in stored_trajectories(observed_run.client, stream)}
     ledger = read_ledger(result.output_dir / "checkpoints")
     for record, step in zip(read_metrics(result.metrics), ledger, strict=True):
         assert record["step"] == step["step"]
@@ -176,8 +147,8 @@ def test_batch_figures_match_what_the_ledger_says_each_step_trained(run) -> None
             assert record[f"episode/end_{reason}"] == pytest.approx(n / len(batch))
 
 
-def test_tensorboard_holds_every_numeric_metric_per_step(run) -> None:
-    _, result, _ = run
+def test_tensorboard_holds_every_numeric_metric_per_step(observed_run: ObservedRun) -> None:
+    result = observed_run.result
     records = read_metrics(result.metrics)
     events = EventAccumulator(str(result.output_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()

@@ -3,8 +3,6 @@ engine in a bundle of its own, and a gang the cluster cannot hold refused with i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import ray
 from ray.util.placement_group import placement_group_table, remove_placement_group
@@ -16,15 +14,11 @@ from relayrl.cluster.placement import (
     in_bundle,
     learner_placement,
 )
-from relayrl.cluster.ray_runtime import ray_session
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    with ray_session(3):
-        yield
+RAY_CPUS = 3  # the conftest's ray_instance
 
 
 @ray.remote

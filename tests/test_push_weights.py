@@ -19,7 +19,6 @@ import ray
 import torch
 
 from relayrl.actors.rollout_worker import RolloutWorker, WeightWaitTimeout
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.weights.nccl_publisher import NcclPublisher, kill_engine_worker
 from relayrl.cluster.weights.nccl_subscriber import PushedVersions
 from relayrl.cluster.weights.object_store import (
@@ -33,12 +32,6 @@ from relayrl.weights import EnginePusher, TensorMeta, WeightPuller
 from tests.worker_settings import tiny_worker_config
 
 STATE = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    with ray_session(2):
-        yield
 
 
 class RecordingSenders:

@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM
 
 from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.learner_group import LearnerGroup
-from relayrl.cluster.ray_runtime import ray_session
 from relayrl.cluster.redis_buffer import RedisStreamBuffer
 from relayrl.cluster.weights.nccl_publisher import NcclPublisher
 from relayrl.cluster.weights.object_store import WeightStore
@@ -73,12 +72,14 @@ class RecordingSender:
         return None
 
 
+RAY_CPUS = 3  # the conftest's ray_instance
+
+
 @pytest.fixture(scope="module")
-def ray_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Ray, and the URL of an embedded Redis for the learner's buffer."""
+def redis_url(ray_instance: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Ray up, and the URL of an embedded Redis for the learner's buffer."""
     redis = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
-    with ray_session(3):
-        yield redis.url
+    yield redis.url
     redis.stop()
 
 
@@ -95,7 +96,7 @@ def _publisher(received: Any) -> tuple[NcclPublisher, RosterClient]:
 
 
 def test_two_zero3_ranks_gather_in_lockstep_and_every_engine_gets_the_whole_model(
-    ray_instance: str, tiny_model_path: str, tmp_path: Path
+    redis_url: str, tiny_model_path: str, tmp_path: Path
 ) -> None:
     received = Received.remote()
     publisher, roster = _publisher(received)
@@ -121,12 +122,12 @@ def test_two_zero3_ranks_gather_in_lockstep_and_every_engine_gets_the_whole_mode
 
 
 def test_an_engine_that_joins_while_zero3_ranks_wait_for_data_gets_the_current_version(
-    ray_instance: str, tiny_model_path: str, tmp_path: Path
+    redis_url: str, tiny_model_path: str, tmp_path: Path
 ) -> None:
     received = Received.remote()
     publisher, roster = _publisher(received)
     roster.join("a", "receiver-a", 1)
-    buffer = RedisStreamBuffer(ray_instance, "zero3-push:joins", trim_acknowledged=False)
+    buffer = RedisStreamBuffer(redis_url, "zero3-push:joins", trim_acknowledged=False)
     buffer.ensure_group()
     config = learner_config(str(tmp_path), {"learner.num_ranks": 2, "learner.zero_stage": 3})
     consumer = buffer.with_consumer("learner-0")
