@@ -29,6 +29,23 @@ def rank_rows(count: int, rank: int, world_size: int) -> slice:
     return slice(min(rank * per_rank, count), min((rank + 1) * per_rank, count))
 
 
+def length_order(trajectories: list[Trajectory], world_size: int) -> list[Trajectory]:
+    """The batch reordered so micro-batches carry little padding: longest first, dealt to the
+    ranks' shares (rank_rows) in turn, so each share is sorted and the shares stay even. A
+    step's losses and gradients are sums over sequences, so the order changes neither."""
+    count = len(trajectories)
+    room = [len(range(count)[rank_rows(count, r, world_size)]) for r in range(world_size)]
+    shares: list[list[Trajectory]] = [[] for _ in range(world_size)]
+    longest_first = sorted(trajectories, key=lambda t: len(t.tokens), reverse=True)
+    rank = 0
+    for trajectory in longest_first:
+        while len(shares[rank]) == room[rank]:
+            rank = (rank + 1) % world_size
+        shares[rank].append(trajectory)
+        rank = (rank + 1) % world_size
+    return [t for share in shares for t in share]
+
+
 def rank_micro_batches(
     trajectories: list[Trajectory], rank: int, world_size: int, token_budget: int
 ) -> list[MicroBatch]:

@@ -12,11 +12,16 @@ from relayrl.learner.batching import PaddedBatch
 
 
 def token_scores(
-    engine: Any, batch: PaddedBatch, temperature: float, with_entropy: bool = False
+    engine: Any,
+    batch: PaddedBatch,
+    temperature: float,
+    with_entropy: bool = False,
+    loss_positions_only: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """`engine` is a DeepSpeed engine (called through, so its backward hooks are set) or a
     Hugging Face causal LM. The model's own head runs on the last position only; the chunked
-    head of head_token_scores runs on every position."""
+    head of head_token_scores runs on every position, or with `loss_positions_only` on the
+    loss mask's positions only (every other score is then 0: losses never read it)."""
     model = getattr(engine, "module", engine)
     out = engine(
         input_ids=batch.input_ids,
@@ -30,4 +35,5 @@ def token_scores(
         batch.input_ids,
         temperature,
         with_entropy,
+        where=batch.loss_mask > 0 if loss_positions_only else None,
     )

@@ -3,6 +3,7 @@ micro-batches of a scored batch."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,7 +55,9 @@ class PolicyUpdate:
     def policy_logprobs(self, batch: PaddedBatch) -> Tensor:
         """The policy's log-probs before the update: the proximal policy of decoupled PPO."""
         self.engine.eval()
-        logprobs, _ = token_scores(self.engine, batch.to(self.engine.device), self.temperature)
+        logprobs, _ = token_scores(
+            self.engine, batch.to(self.engine.device), self.temperature, loss_positions_only=True
+        )
         return logprobs
 
     def run(
@@ -112,8 +115,13 @@ class PolicyUpdate:
     ) -> LossOutput:
         width = tensors.input_ids.shape[1]
         self.engine.set_gradient_accumulation_boundary(boundary)
+        # Losses read scores on the loss mask only: the head skips prompts and padding.
         logprobs, entropy = token_scores(
-            self.engine, tensors, self.temperature, with_entropy=self.with_entropy
+            self.engine,
+            tensors,
+            self.temperature,
+            with_entropy=self.with_entropy,
+            loss_positions_only=True,
         )
         device = logprobs.device
         old_logprobs, weights = self.off_policy.ratio_inputs(
@@ -130,5 +138,13 @@ class PolicyUpdate:
         )
         out = self.objective(inputs, normalizer)
         # DeepSpeed averages gradients over ranks; the normalizer already spans them all.
-        self.engine.backward(out.loss * self.world_size, scale_wrt_gas=False)
+        with self._reduction():
+            self.engine.backward(out.loss * self.world_size, scale_wrt_gas=False)
         return out
+
+    def _reduction(self) -> AbstractContextManager[Any]:
+        """One ZeRO-0 rank has nobody to average with: DeepSpeed would still flatten every
+        gradient into buckets and all-reduce them with itself at each step's last backward."""
+        if self.world_size == 1 and self.engine.zero_optimization_stage() == 0:
+            return self.engine.no_sync()
+        return nullcontext()

@@ -137,19 +137,26 @@ def head_token_scores(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int | None = None,
+    where: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs of `tokens` [B, T] (and entropies) from the last hidden states [B, T, H]
     through the output layer `head`, aligned like token_logprobs.
 
     The head runs on `chunk_size` positions at a time (by default, as many as keep a chunk's
     logits under HEAD_CHUNK_ELEMENTS) and, with gradients, each chunk's logits are recomputed
-    in backward instead of kept: no [B, T, V] tensor exists, in forward or in backward."""
+    in backward instead of kept: no [B, T, V] tensor exists, in forward or in backward.
+
+    `where` [B, T] (bool) names the positions whose scores are wanted (the loss mask); the
+    head runs only on those and every other position is 0. Without it, every position."""
     batch, length, width = hidden.shape
     vocab = getattr(head, "out_features", None) or HEAD_CHUNK_ELEMENTS
     chunk = chunk_size or max(1, HEAD_CHUNK_ELEMENTS // vocab)
     _check(temperature, chunk)
     predicting = hidden[:, :-1].reshape(-1, width)
     targets = tokens[:, 1:].reshape(-1).long()
+    chosen = None if where is None or not len(predicting) else _chosen_positions(where)
+    if chosen is not None:
+        predicting, targets = predicting[chosen], targets[chosen]
     recompute = torch.is_grad_enabled() and predicting.requires_grad
     logprobs, entropies = [], []
     for start in range(0, predicting.shape[0], chunk):
@@ -162,10 +169,33 @@ def head_token_scores(
         logprobs.append(scores[0])
         entropies.extend(scores[1:])
     out_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    if chosen is not None:
+        logprobs = [_scattered(logprobs, chosen, batch * (length - 1), out_dtype, hidden)]
+        if with_entropy:
+            entropies = [_scattered(entropies, chosen, batch * (length - 1), out_dtype, hidden)]
     return (
         _aligned(logprobs, batch, length, out_dtype, hidden),
         _aligned(entropies, batch, length, out_dtype, hidden) if with_entropy else None,
     )
+
+
+def _chosen_positions(where: Tensor) -> Tensor:
+    """Flat indices of the predicting positions (0..B*(T-1)-1) whose predicted token `where`
+    names; empty becomes [-1] (see _scattered)."""
+    chosen = where[:, 1:].reshape(-1).nonzero().squeeze(1)
+    return chosen if chosen.numel() else chosen.new_full((1,), -1)
+
+
+def _scattered(
+    parts: list[Tensor], chosen: Tensor, size: int, dtype: torch.dtype, like: Tensor
+) -> Tensor:
+    """The flat scores of every predicting position: the chosen ones' scores, 0 elsewhere.
+    With nothing chosen, the last position is scored times 0, so a micro-batch with nothing
+    to train (a ZeRO-3 stand-in) still runs its backward through every parameter."""
+    values = torch.cat(parts).to(dtype)
+    if chosen[0] < 0:
+        values, chosen = values * 0, chosen.new_full((1,), size - 1)
+    return like.new_zeros(size, dtype=dtype).index_copy(0, chosen, values)
 
 
 def _head_chunk(

@@ -1,0 +1,154 @@
+"""The learner step does only the work its loss reads, and the result does not change: the head
+scores only loss positions, the batch trains in length order, and one ZeRO-0 rank skips
+DeepSpeed's all-reduce with itself. Each is checked against the plain computation in fp32."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from relayrl.learner.algorithms.logprobs import head_token_scores, token_logprobs
+from relayrl.learner.algorithms.types import LossInputs
+from relayrl.learner.batching import pad_rows, plan_micro_batches
+from relayrl.learner.deepspeed_learner import DeepSpeedLearner
+from relayrl.learner.micro_batches import length_order, rank_micro_batches, rank_rows
+from relayrl.learner.rewards import advantage_inputs
+from relayrl.learner.token_scores import token_scores
+from relayrl.models import cache_root
+from relayrl.trajectory import Trajectory
+from tests.free_ports import on_a_free_port
+from tests.learner_data import TrajectoryMaker, learner_config
+from tests.test_learner_memory import padded_batch
+
+CLOSE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def test_head_on_loss_positions_scores_and_grads_like_every_position(
+    tiny_model_path: str,
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    batch = padded_batch(model.config.vocab_size)
+    weights = torch.randn(batch.input_ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def run(only: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        logprobs, entropy = token_scores(
+            model, batch, 0.7, with_entropy=True, loss_positions_only=only
+        )
+        assert entropy is not None
+        ((logprobs + entropy) * weights * batch.loss_mask).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        return logprobs.detach(), entropy.detach(), grads
+
+    logprobs, entropy, grads = run(only=True)
+    every_logprobs, every_entropy, every_grads = run(only=False)
+    on = batch.loss_mask > 0
+    torch.testing.assert_close(logprobs[on], every_logprobs[on], **CLOSE)
+    torch.testing.assert_close(entropy[on], every_entropy[on], **CLOSE)
+    assert not logprobs[~on].any() and not entropy[~on].any()
+    for name in grads:
+        torch.testing.assert_close(grads[name], every_grads[name], **CLOSE, msg=name)
+
+
+def test_head_with_no_loss_position_still_reaches_every_parameter() -> None:
+    """A ZeRO-3 stand-in micro-batch has an all-zero loss mask; its backward must still run."""
+    hidden = torch.randn(2, 5, 4, requires_grad=True)
+    head = torch.nn.Linear(4, 11, bias=False)
+    tokens = torch.randint(0, 11, (2, 5))
+    logprobs, _ = head_token_scores(hidden, head, tokens, where=torch.zeros(2, 5, dtype=torch.bool))
+    assert not logprobs.any()
+    (logprobs.sum() * 0).backward()
+    assert head.weight.grad is not None and hidden.grad is not None
+
+
+def lengths_of(trajectories: list[Trajectory]) -> list[int]:
+    return [len(t.tokens) for t in trajectories]
+
+
+@pytest.mark.parametrize(("count", "world_size"), [(7, 1), (7, 3), (10, 4), (2, 4)])
+def test_length_order_sorts_each_rank_share_and_keeps_every_sequence(
+    tiny_model_path: str, count: int, world_size: int
+) -> None:
+    maker = TrajectoryMaker(tiny_model_path)
+    trajectories = [t for n in range(count) for t in maker.group([1.0], 2 + n % 3, 1 + n % 5)]
+    ordered = length_order(trajectories, world_size)
+    assert sorted(map(id, ordered)) == sorted(map(id, trajectories))
+    shares = [lengths_of(ordered[rank_rows(count, r, world_size)]) for r in range(world_size)]
+    assert all(share == sorted(share, reverse=True) for share in shares)
+    # Longest first, dealt in turn: no share's longest is shorter than a later share's.
+    tops = [share[0] for share in shares if share]
+    assert tops == sorted(tops, reverse=True)
+
+
+def test_length_order_pads_less_than_arrival_order(tiny_model_path: str) -> None:
+    maker = TrajectoryMaker(tiny_model_path)
+    trajectories = [t for n in (8, 1, 8, 1, 8, 1) for t in maker.group([1.0], 3, n)]
+
+    def padded_tokens(batch: list[Trajectory]) -> int:
+        lengths = lengths_of(batch)
+        plans = plan_micro_batches(lengths, 24)
+        return sum(max(lengths[p]) * (p.stop - p.start) for p in plans)
+
+    assert padded_tokens(length_order(trajectories, 1)) < padded_tokens(trajectories)
+
+
+@pytest.mark.slow
+def test_a_zero0_step_in_length_order_has_the_plain_gradients(
+    tiny_model_path: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole train_step (length order, head on loss positions, no self all-reduce) reaches
+    the optimizer with the gradients and loss of the full-logits computation in arrival
+    order on a plain copy of the model, float32 to 1e-5."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
+    config = learner_config(
+        str(tmp_path),
+        {
+            "learner.zero_stage": 0,
+            "rollout.group_size": 3,
+            "trainer.prompts_per_step": 2,
+            "learner.micro_batch_tokens": 24,
+        },
+    )
+    maker = TrajectoryMaker(tiny_model_path)
+    trajectories = maker.group([1.0, 0.0, 0.0], 4, 2) + maker.group([0.0, 1.0, 1.0], 5, 7)
+    trajectories[1], trajectories[4] = trajectories[4], trajectories[1]
+    assert list(map(id, length_order(trajectories, 1))) != list(map(id, trajectories))
+
+    learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=None)
+    on_a_free_port(lambda port: learner.setup("127.0.0.1", port))
+    assert learner.update is not None
+    learner._shared_batch = lambda: (trajectories, [])  # type: ignore[method-assign]
+    seen: dict[str, Any] = {}
+    engine_step = learner.engine.step
+
+    def step_after_snapshot(*args: Any, **kwargs: Any) -> Any:
+        seen.update({n: p.grad.clone() for n, p in learner.engine.module.named_parameters()})
+        return engine_step(*args, **kwargs)
+
+    learner.engine.step = step_after_snapshot
+    assert len(rank_micro_batches(length_order(trajectories, 1), 0, 1, 24)) > 1
+    metrics = learner.train_step()
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    algorithm = config.learner.algorithm
+    full = pad_rows(trajectories, slice(None), learner.pad_id)
+    estimate = learner.estimator(advantage_inputs(trajectories, full, {}, algorithm))
+    logits = model(input_ids=full.input_ids, attention_mask=full.attention_mask).logits
+    out = learner.objective(
+        LossInputs(
+            logprobs=token_logprobs(logits, full.input_ids),
+            loss_mask=full.loss_mask,
+            old_logprobs=full.old_logprobs,
+            advantages=estimate.advantages,
+        ),
+        learner.objective.aggregation.normalizer(full.loss_mask),
+    )
+    out.loss.backward()
+    assert metrics["loss/total"] == pytest.approx(float(out.loss), rel=1e-5, abs=1e-7)
+    expected = dict(model.named_parameters())
+    assert seen.keys() == expected.keys()
+    for name, grad in seen.items():
+        torch.testing.assert_close(grad, expected[name].grad, **CLOSE, msg=name)
