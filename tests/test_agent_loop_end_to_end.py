@@ -1,5 +1,6 @@
 """Multi-turn tool-using training end to end: real Ray, Redis, DeepSpeed and sandbox, the tiny
-model, a user's Env class plugged in by `module:Class`, and each of the two rollout engines."""
+model, a user's Env class plugged in by `module:Class`, and each of the two rollout engines,
+synchronous, so every step trains on the version its engine loaded in place just before."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from relayrl.cluster.redis_buffer import PAYLOAD_FIELD
 from relayrl.metrics import read_metrics
 from relayrl.trajectory import NO_VERSION, decode
 from tests.engine_harness import ENGINE_KINDS
-from tests.job_harness import job_on_own_redis
+from tests.job_harness import assert_nothing_discarded, job_on_own_redis
 
 pytestmark = pytest.mark.slow
 
-STEPS = 2
+STEPS = 3  # two in-place loads into each engine
 
 
 @pytest.fixture(scope="module", params=ENGINE_KINDS)
@@ -39,6 +40,7 @@ def finished_job(
             "learner.micro_batch_tokens=256",
             f"trainer.steps={STEPS}",
             "trainer.prompts_per_step=2",
+            "trainer.max_staleness=0",
             "output.plot=false",
         ],
     )
@@ -56,6 +58,19 @@ def test_the_learner_trained_on_multi_turn_episodes(finished_job) -> None:
     [report] = result.worker_reports
     assert report["tool_calls"] == 2 * report["trajectories"]
     assert report["turns"] == 3 * report["trajectories"]
+
+
+def test_synchronous_steps_train_on_the_version_the_engine_just_loaded(finished_job) -> None:
+    _, result, _ = finished_job
+    records = read_metrics(result.metrics)
+    # Step s trains only on tokens sampled with policy version s - 1, so the engine really
+    # loaded every published version in place.
+    assert [r[keys.BATCH_MIN_TOKEN_VERSION] for r in records] == list(range(STEPS))
+    assert all(r[keys.STALENESS_MAX] == 0 for r in records)
+    # The intake's stale filter would hide over-admission from the two checks above.
+    assert_nothing_discarded(records)
+    [report] = result.worker_reports
+    assert report["weight_syncs"] >= STEPS - 1
 
 
 def test_pushed_episodes_interleave_sampled_turns_and_sandbox_output(finished_job) -> None:
