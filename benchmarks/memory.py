@@ -6,14 +6,17 @@ Three parts, each in fresh processes so their peaks do not mix:
   RSS/PSS after each phase (model load, DeepSpeed init, first step, second step, publish) and
   the peak within it. Two micro-batch sizes give the per-token activation cost, from which
   the largest `learner.micro_batch_tokens` that fits `--budget-gb` is estimated.
-- job: the quickstart (examples/quickstart.yaml) for `--steps` steps; the PSS of every
-  process of the job (Ray actors by class, Redis, Ray's own services, the driver) is
-  sampled twice a second, and the whole job's peak is the largest sum of one sample.
+- job: the quickstart (examples/quickstart.yaml) for `--steps` steps, once per placement of
+  `--placements` (`rollout.placement`: separate actors, or the learner and its rollout
+  engine colocated in one actor); the PSS of every process of the job (Ray actors by class,
+  Redis, Ray's own services, the driver) is sampled twice a second, and the whole job's peak
+  is the largest sum of one sample.
 - TRL: its GRPOTrainer on the same task (benchmarks/trl_grpo_task.py) from its own venv
   (.cache/bench-venv-trl, built here on first use: torch pinned first, then trl), sampled
   the same way.
 
-    .venv/bin/python benchmarks/memory.py [--steps 8] [--skip-trl] [--skip-job]
+    .venv/bin/python benchmarks/memory.py [--steps 8] [--placements separate,colocated]
+        [--skip-trl] [--skip-job]
 """
 
 from __future__ import annotations
@@ -258,7 +261,9 @@ def run_learner_profile(
 # ---- job and TRL ---------------------------------------------------------------------------
 
 
-def run_quickstart(model: str, steps: int, root: Path) -> tuple[PssSampler, float, list[dict]]:
+def run_quickstart(
+    model: str, steps: int, root: Path, placement: str
+) -> tuple[PssSampler, float, list[dict]]:
     from relayrl.cluster.job import run_job
     from relayrl.config_loader import load_config
     from relayrl.metrics import read_metrics
@@ -268,7 +273,8 @@ def run_quickstart(model: str, steps: int, root: Path) -> tuple[PssSampler, floa
         [
             f"model.path={model}",
             f"trainer.steps={steps}",
-            f"output.dir={root}/job",
+            f"rollout.placement={placement}",
+            f"output.dir={root}/job-{placement}",
             "output.tensorboard=false",
             "output.plot=false",
         ],
@@ -375,6 +381,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--budget-gb", type=float, default=8.0)
+    parser.add_argument("--placements", default="separate,colocated")
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")
@@ -410,9 +417,9 @@ def main() -> None:
                 f"largest micro_batch_tokens in a {args.budget_gb:g} GB learner ~{fits}"
             )
     with tempfile.TemporaryDirectory() as root:
-        if not args.skip_job:
-            sampler, wall, records = run_quickstart(model, args.steps, Path(root))
-            print_processes(f"relayrl quickstart, {args.steps} steps", sampler, wall)
+        for placement in [] if args.skip_job else args.placements.split(","):
+            sampler, wall, records = run_quickstart(model, args.steps, Path(root), placement)
+            print_processes(f"relayrl quickstart, {placement}, {args.steps} steps", sampler, wall)
             peaks = [r.get("memory/learner_peak_rss_gb") for r in records]
             if any(p is not None for p in peaks):
                 print(f"learner peak RSS from the step metrics: {max(filter(None, peaks)):.2f} GB")

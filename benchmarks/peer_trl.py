@@ -5,10 +5,17 @@ The task (TRL's home ground, as measured in issue #11): SmolLM2-135M-Instruct in
 8 prompts x 4 samples per step, at most 32 new tokens, lr 1e-5. TRL runs from its own venv
 (`.cache/bench-venv-trl`, built on first use by benchmarks/memory.py's helper: torch pinned
 first, then trl); TRL is not a dependency of relayrl. relayrl runs the same task through the
-`arithmetic` env in three placements:
+`arithmetic` env in these placements:
 
-- default: relayrl's defaults for this box (asynchronous, k=1, transformers engine);
-- one-worker: asynchronous (k=1), one worker with one core, its groups batched together;
+- default: relayrl's defaults, nothing set (`rollout.placement: auto` picks colocated on a
+  box of up to 4 cores, separate otherwise; asynchronous, k=1, transformers engine);
+- colocated: the learner and one in-process worker in one actor, taking turns;
+- separate: the defaults with separate actors (two workers beside the learner);
+- colocated-zero0: colocated with the quickstart's one-rank learner (ZeRO-0, 512-token
+  micro-batches);
+- separate-zero0: the quickstart's placement (two workers of one thread, a learner of two)
+  with the same learner;
+- one-worker: asynchronous (k=1), one separate worker with one core;
 - sync: on-policy (k=0), one worker;
 - vllm: on-policy (k=0), one worker with the vLLM engine (the CPU build here).
 
@@ -18,7 +25,7 @@ on both sides), trained tokens per second (prompt and completion), whole-tree pe
 the mean reward of the last two steps; ratios are to TRL in the same invocation, because
 this machine is shared and noisy.
 
-    .venv/bin/python benchmarks/peer_trl.py [--steps 6] [--runs trl,default,one-worker,sync,vllm]
+    .venv/bin/python benchmarks/peer_trl.py [--steps 6] [--runs trl,default,separate,sync,vllm]
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import time
 from pathlib import Path
 
 # The script's own folder is on sys.path: the PSS sampler and TRL's venv are memory.py's.
-from memory import GB, ROOT, PssSampler, ensure_trl_venv
+from memory import GB, ROOT, PssSampler, ensure_trl_venv, print_processes
 
 PROMPTS = 8
 GROUP_SIZE = 4
@@ -45,6 +52,21 @@ WARMUP_STEPS = 1
 
 PLACEMENTS: dict[str, list[str]] = {
     "default": [],
+    "colocated": ["rollout.placement=colocated"],
+    "separate": ["rollout.placement=separate"],
+    # The quickstart's one-rank learner settings (BENCHMARKS.md, Memory).
+    "colocated-zero0": [
+        "rollout.placement=colocated",
+        "learner.zero_stage=0",
+        "learner.micro_batch_tokens=512",
+    ],
+    "separate-zero0": [
+        "rollout.placement=separate",
+        "learner.zero_stage=0",
+        "learner.micro_batch_tokens=512",
+        "learner.torch_threads=2",
+        "rollout.torch_threads=1",
+    ],
     "one-worker": ["rollout.num_workers=1", "rollout.cpus_per_worker=1"],
     "sync": ["trainer.max_staleness=0", "rollout.num_workers=1", "rollout.cpus_per_worker=1"],
     "vllm": [
@@ -105,6 +127,14 @@ def run_relayrl(model: str, placement: str, steps: int, root: Path) -> dict[str,
     with PssSampler(os.getpid()) as sampler:
         result = run_job(config)
     wall = time.perf_counter() - started
+    records = read_metrics(result.metrics)
+    print_processes(f"relayrl {placement}", sampler, wall)
+    # Where a steady step's time goes: waiting for the batch (generation, when colocated) and
+    # the learner's own work.
+    for key in ("time/wait_batch_s", "time/train_s", "time/publish_s", "time/engine_drain_s"):
+        figures = [r[key] for r in steady(records) if key in r]
+        if figures:
+            print(f"{placement} {key}: {statistics.mean(figures):.1f}")
     rows = [
         {
             "step_s": r["time/step_s"],
@@ -112,7 +142,7 @@ def run_relayrl(model: str, placement: str, steps: int, root: Path) -> dict[str,
             "tokens": r["batch/total_tokens"],
             "reward": r["reward/mean"],
         }
-        for r in read_metrics(result.metrics)
+        for r in records
     ]
     return summarize(rows, sampler.total_peak, wall)
 
@@ -177,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--runs", default="trl,default,one-worker,sync,vllm")
+    parser.add_argument("--runs", default="trl,default,separate,sync,vllm")
     args = parser.parse_args()
     from relayrl.models import resolve_model
 
@@ -190,6 +220,8 @@ def main() -> None:
                 results[name] = run_trl(model, args.steps)
             else:
                 results[name] = run_relayrl(model, name, args.steps, Path(root))
+            # Each run's figures as soon as it ends, so a run cut short keeps the earlier ones.
+            print(f"[peer_trl] {name}: {json.dumps(results[name])}", flush=True)
     print_table(results)
 
 
