@@ -4,6 +4,7 @@ DeepSpeed's all-reduce with itself. Each is checked against the plain computatio
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -152,3 +153,39 @@ def test_a_zero0_step_in_length_order_has_the_plain_gradients(
     assert seen.keys() == expected.keys()
     for name, grad in seen.items():
         torch.testing.assert_close(grad, expected[name].grad, **CLOSE, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_skipping_the_self_all_reduce_on_one_zero0_rank_changes_no_weight(
+    tiny_model_path: str, tmp_path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """The same step with DeepSpeed's own gradient all-reduce (the path before) and without
+    it leaves bit-identical weights, in fp32 and in DeepSpeed's bf16 mode."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
+    config = learner_config(
+        str(tmp_path),
+        {
+            "learner.zero_stage": 0,
+            "model.dtype": dtype,
+            "rollout.group_size": 4,
+            "learner.micro_batch_tokens": 20,
+        },
+    )
+    trajectories = TrajectoryMaker(tiny_model_path).group([1.0, 0.0, 0.0, 1.0], 4, 6)
+
+    def trained(reduce_with_itself: bool) -> dict[str, torch.Tensor]:
+        learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=None)
+        on_a_free_port(lambda port: learner.setup("127.0.0.1", port))
+        assert learner.update is not None
+        if reduce_with_itself:
+            learner.update._reduction = nullcontext  # type: ignore[method-assign]
+        learner._shared_batch = lambda: (trajectories, [])  # type: ignore[method-assign]
+        learner.train_step()
+        return {k: v.clone() for k, v in learner.engine.module.state_dict().items()}
+
+    without, with_reduce = trained(False), trained(True)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    assert any(not torch.equal(without[k].float(), initial[k]) for k in initial)
+    for name, value in with_reduce.items():
+        assert torch.equal(without[name], value), name
