@@ -222,7 +222,7 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         trackers = open_trackers(
             config.output.loggers, config.name, output_dir, config.model_dump(mode="json")
         )
-        writer = MetricsWriter(output_dir, config.output.tensorboard, trackers)
+        writer = MetricsWriter(output_dir, config.output.tensorboard, trackers, after_step=step)
         stack.callback(writer.close)
         runtime = JobRuntime(
             config=config,

@@ -75,7 +75,7 @@ def run_sft_stage(
     log.info("SFT: %d conversations, steps %d..%d", position["rows"], step + 1, total)
     folder = latest
     every = sft.checkpoint_every
-    writer = MetricsWriter(root, tensorboard=config.output.tensorboard)
+    writer = MetricsWriter(root, tensorboard=config.output.tensorboard, after_step=step)
     try:
         while step < total:
             metrics = learner.call("sft_step")

@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from relayrl import interrupts
 from relayrl import metric_keys as keys
 from relayrl.cluster.job_control import JobOrders, JobState, StopMode
 from relayrl.cluster.job_runtime import CALL_TIMEOUT_S, JobRuntime
@@ -123,10 +124,12 @@ class TrainingLoop:
             metrics.update(hook(step, runtime))
         self._read_orders()
         checkpoint = None
-        if self._checkpoint_due(step):
-            checkpoint = self._checkpoint = Path(self._on_learner("save_checkpoint"))
-            stats = runtime.buffer.stats()  # the checkpoint acknowledged what it holds
-        runtime.writer.write(step, metrics)
+        # A step that commits gets its record: a stop signal waits for both.
+        with interrupts.deferred():
+            if self._checkpoint_due(step):
+                checkpoint = self._checkpoint = Path(self._on_learner("save_checkpoint"))
+                stats = runtime.buffer.stats()  # the checkpoint acknowledged what it holds
+            runtime.writer.write(step, metrics)
         stopping = self._orders.stop is StopMode.GRACEFUL
         status = {
             "job": runtime.config.name,

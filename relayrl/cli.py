@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-from types import FrameType
 
+from relayrl import interrupts
 from relayrl.cli_args import add_overrides
 from relayrl.cli_config import add_config_command
 from relayrl.cli_eval import add_eval_command
@@ -20,17 +19,6 @@ from relayrl.errors import JobConfigError, UserError
 EXIT_USER_ERROR = 2
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _stop_cleanly_on_signals() -> None:
-    """SIGTERM (and SIGINT, which shells ignore in background jobs) unwind the job, so the
-    Ray instance, the embedded Redis and the workers it started are stopped."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-
-
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     from relayrl.cluster.preflight import preflight
@@ -39,7 +27,9 @@ def _train(args: argparse.Namespace) -> int:
     preflight(config)
     from relayrl.cluster.job import run_job
 
-    _stop_cleanly_on_signals()
+    # SIGTERM (and SIGINT, which shells ignore in background jobs) unwind the job, so the
+    # Ray instance, the embedded Redis and the workers it started are stopped.
+    interrupts.install()
     try:
         result = run_job(config, resume=args.resume)
     except KeyboardInterrupt as exc:

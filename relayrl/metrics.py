@@ -21,11 +21,39 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _kept_lines(path: Path, after_step: int) -> list[str]:
+    """The complete records of steps up to `after_step`; a torn line (a crash mid-write) goes."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= after_step:
+            kept.append(line + "\n")
+    return kept
+
+
 class MetricsWriter:
-    def __init__(self, folder: Path, tensorboard: bool, trackers: Sequence[Tracker] = ()) -> None:
+    """`after_step`: the step a run resumes after. Records of later steps were written before
+    a crash that lost those steps; they are trained again, so their old records are dropped
+    and every step has one record."""
+
+    def __init__(
+        self,
+        folder: Path,
+        tensorboard: bool,
+        trackers: Sequence[Tracker] = (),
+        after_step: int | None = None,
+    ) -> None:
         self._trackers = list(trackers)
         folder.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = folder / "metrics.jsonl"
+        if after_step is not None and self.jsonl_path.is_file():
+            kept = _kept_lines(self.jsonl_path, after_step)
+            scratch = self.jsonl_path.with_name(".metrics.jsonl.tmp")
+            scratch.write_text("".join(kept))
+            scratch.replace(self.jsonl_path)
         self._jsonl = self.jsonl_path.open("a")
         self._tb = None
         if tensorboard:
