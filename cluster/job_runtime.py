@@ -20,6 +20,7 @@ from relayrl.cluster.embedded_redis import EmbeddedRedis
 from relayrl.cluster.job_control import RAY_ADDRESS_FILE, JobControl, JobState, job_control_name
 from relayrl.cluster.job_status import write_status_file
 from relayrl.cluster.learner_group import LearnerGroup
+from relayrl.cluster.placement import on_driver_node
 from relayrl.cluster.placement_rule import job_placement, local_cores, on_cluster
 from relayrl.cluster.preflight import check_local_gpus
 from relayrl.cluster.ray_runtime import ray_session
@@ -150,10 +151,12 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         redis_url, buffer = _start_buffer(config, output_dir, resume, stack)
         _start_ray(config, output_dir, stack)
         weights = None if colocated else build_weight_transport(config, CALL_TIMEOUT_S)
-        controller = RolloutController.remote(
+        controller = RolloutController.options(**on_driver_node()).remote(
             config.batch_size, config.trainer.max_staleness, buffer
         )
-        job_control = JobControl.options(name=job_control_name(config.name)).remote(workers)
+        job_control = JobControl.options(
+            name=job_control_name(config.name), **on_driver_node()
+        ).remote(workers)
         _publish_address(output_dir, stack)
         log.info(
             "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",

@@ -7,7 +7,10 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from relayrl.errors import JobConfigError
 
@@ -42,6 +45,17 @@ def engine_placement(cpus: float, gpus: float) -> PlacementGroup:
     """One bundle with the engine's CPUs and all its GPUs; placed when the cluster can (an
     autoscaler sees the pending group), so adding a worker never blocks the driver."""
     return placement_group([bundle(cpus, gpus)], strategy="STRICT_PACK")
+
+
+def on_driver_node() -> dict[str, Any]:
+    """Actor options that keep a job's control actors (admission, job control, weight store,
+    engine roster) on the driver's node: zero-CPU actors Ray would put anywhere, and a worker
+    node lost mid-run must cost the job its workers there, never its control plane."""
+    return {
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
+    }
 
 
 def in_bundle(group: PlacementGroup, index: int = 0) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relayrl.cluster.placement import on_driver_node
 from relayrl.cluster.weights.nccl_publisher import NcclPublisher
 from relayrl.cluster.weights.nccl_subscriber import PushedVersions
 from relayrl.cluster.weights.object_store import (
@@ -24,10 +25,10 @@ class WeightTransport:
 
 
 def build_weight_transport(config: JobConfig, call_timeout_s: float) -> WeightTransport:
-    store = WeightStore.remote()
+    store = WeightStore.options(**on_driver_node()).remote()
     if config.rollout.weight_transport == "nccl":
         vllm = config.rollout.vllm
-        roster = RosterClient(EngineRoster.remote(), call_timeout_s)
+        roster = RosterClient(EngineRoster.options(**on_driver_node()).remote(), call_timeout_s)
         publisher = NcclPublisher(
             store,
             roster,
