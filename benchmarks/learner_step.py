@@ -293,6 +293,7 @@ def main() -> None:
         for dtype in args.dtypes.split(","):
             batch = Path(args.batch_dir or root) / f"batch-{dtype}.npz"
             if not batch.exists():
+                batch.parent.mkdir(parents=True, exist_ok=True)
                 spawn("batch", ["--make-batch", model, dtype, str(batch)], None)
             runs = [("before", before)] if before is not None else []
             for code, path in [*runs, ("now", None)]:
