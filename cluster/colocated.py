@@ -65,12 +65,6 @@ class TimeSharedLearner(DeepSpeedLearner):
         return batch
 
 
-def colocated_threads(config: JobConfig, cpus: float) -> int:
-    """Torch threads of the colocated actor: learner.torch_threads if set, else its cores."""
-    setting = config.learner.torch_threads
-    return setting if setting != "auto" else max(1, int(cpus))
-
-
 @ray.remote(max_restarts=0)
 class ColocatedActor:
     """Learner rank 0 (the only one) and, once `start_rollout` is called, its rollout worker.

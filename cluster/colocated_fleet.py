@@ -14,11 +14,11 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from relayrl.admission import AdmissionGate, SampleRefill
 from relayrl.buffer import TrajectoryConsumer, TrajectoryProducer
-from relayrl.cluster.colocated import ColocatedActor, colocated_threads
+from relayrl.cluster.colocated import ColocatedActor
 from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.placement import in_bundle, learner_placement
 from relayrl.cluster.rollout_fleet import ERRORS_KEPT, FleetDeadError
-from relayrl.config import JobConfig
+from relayrl.config import JobConfig, thread_count
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class ColocatedLearnerGroup(LearnerGroup):
         self.call_timeout_s = call_timeout_s
         cpus = colocated_cpus(config)
         self.placement = learner_placement(1, cpus, 0, call_timeout_s)
-        threads = colocated_threads(config, cores)
+        # learner.torch_threads if set, else one per core the actor shares out by turns.
+        threads = thread_count(config.learner.torch_threads, cores)
         log.info("colocated: one actor for the learner and its rollout engine, %d threads", threads)
         self.actor = ColocatedActor.options(num_cpus=cpus, **in_bundle(self.placement, 0)).remote(
             config, model_path, consumer, refill, threads
