@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -16,7 +17,7 @@ from vllm import SamplingParams
 from vllm.config import WeightTransferConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
-from vllm.outputs import CompletionOutput
+from vllm.outputs import CompletionOutput, WeightVersionSpan
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -64,7 +65,7 @@ class VLLMEngine:
         self._version_labelled = False
         # One weight update at a time; generation keeps running until the update pauses it.
         self._update_lock = asyncio.Lock()
-        self._running: set[str] = set()
+        self._running: dict[str, _RequestProgress] = {}
         self._failure: WeightSyncError | None = None
 
     @property
@@ -80,23 +81,33 @@ class VLLMEngine:
     ) -> list[Completion]:
         """Sample `n` continuations; `abort(request_id)` ends them early with "abort"."""
         self._check_usable()
-        await self._label_initial_version()
         request_id = request_id or uuid.uuid4().hex
-        final = None
-        self._running.add(request_id)
+        # Registered before the first await, so a `sampled` call made right after starting
+        # this one finds the request.
+        progress = _RequestProgress(n)
+        self._running[request_id] = progress
         try:
+            await self._label_initial_version()
             stream = self._llm.generate(
                 TokensPrompt(prompt_token_ids=list(prompt_ids)),
                 sampling_params(settings, n),
                 request_id,
             )
             async for output in stream:
-                final = output
+                progress.add(output.outputs)
         finally:
-            self._running.discard(request_id)
-        if final is None:
-            raise RuntimeError("vLLM finished a request without any output")
-        return [self._completion(output) for output in sorted(final.outputs, key=_index)]
+            del self._running[request_id]
+            progress.end()
+        return [self._completion(sample) for sample in progress.samples]
+
+    async def sampled(self, request_id: str, tokens: int) -> bool:
+        """Wait until every sample of the running request `request_id` holds `tokens` tokens:
+        True, or False when the request ended first. Fed by vLLM's streamed deltas, so it is
+        the engine's own progress signal (the engine process may be a step or two ahead)."""
+        progress = self._running.get(request_id)
+        if progress is None:
+            raise KeyError(f"no running request {request_id!r}")
+        return await progress.reached(tokens)
 
     async def abort(self, request_id: str) -> None:
         """End a running `generate` call; it returns what was sampled so far."""
@@ -219,26 +230,82 @@ class VLLMEngine:
         except Exception as error:
             raise WeightSyncError(f"vLLM weight sync call failed: {error}") from error
 
-    def _completion(self, output: CompletionOutput) -> Completion:
-        if output.finish_reason not in _FINISH_REASONS:
-            raise RuntimeError(f"vLLM request failed: finish_reason={output.finish_reason}")
-        token_ids = list(output.token_ids)
-        logprobs = [
-            position[token].logprob
-            for position, token in zip(output.logprobs or [], token_ids, strict=True)
-        ]
+    def _completion(self, sample: _Sample) -> Completion:
+        if sample.finish_reason not in _FINISH_REASONS:
+            raise RuntimeError(f"vLLM request failed: finish_reason={sample.finish_reason}")
         return Completion(
-            token_ids=token_ids,
-            logprobs=logprobs,
-            finish_reason=_FINISH_REASONS[output.finish_reason],
-            versions=self._token_versions(output, len(token_ids)),
+            token_ids=sample.token_ids,
+            logprobs=sample.logprobs,
+            finish_reason=_FINISH_REASONS[sample.finish_reason],
+            versions=self._token_versions(sample),
         )
 
-    def _token_versions(self, output: CompletionOutput, num_tokens: int) -> list[int]:
-        versions = [self._version] * num_tokens
-        for span in output.weight_versions or []:
+    def _token_versions(self, sample: _Sample) -> list[int]:
+        versions = [self._version] * len(sample.token_ids)
+        for span in sample.weight_versions or []:
             versions[span.start : span.end] = [int(span.version)] * (span.end - span.start)
         return versions
+
+
+@dataclass
+class _Sample:
+    """One of a request's samples, put together from vLLM's streamed deltas."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    # vLLM sends the spans over all of the sample's tokens with its final delta.
+    weight_versions: list[WeightVersionSpan] | None = None
+
+    def add(self, delta: CompletionOutput) -> None:
+        token_ids = list(delta.token_ids)
+        self.token_ids += token_ids
+        self.logprobs += [
+            position[token].logprob
+            for position, token in zip(delta.logprobs or [], token_ids, strict=True)
+        ]
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+            self.weight_versions = delta.weight_versions
+
+
+class _RequestProgress:
+    """A running request's samples as they stream in, and who waits for them to grow."""
+
+    def __init__(self, n: int) -> None:
+        self.samples = [_Sample() for _ in range(n)]
+        self._waiting: list[tuple[int, asyncio.Future[bool]]] = []
+
+    def add(self, deltas: list[CompletionOutput]) -> None:
+        for delta in deltas:
+            self.samples[delta.index].add(delta)
+        still_waiting = []
+        for tokens, waiter in self._waiting:
+            if self._holds(tokens):
+                _settle(waiter, True)
+            else:
+                still_waiting.append((tokens, waiter))
+        self._waiting = still_waiting
+
+    async def reached(self, tokens: int) -> bool:
+        if self._holds(tokens):
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append((tokens, waiter))
+        return await waiter
+
+    def end(self) -> None:
+        for _, waiter in self._waiting:
+            _settle(waiter, False)
+        self._waiting = []
+
+    def _holds(self, tokens: int) -> bool:
+        return all(len(sample.token_ids) >= tokens for sample in self.samples)
+
+
+def _settle(waiter: asyncio.Future[bool], reached: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(reached)
 
 
 def engine_args(
@@ -281,9 +348,6 @@ def sampling_params(settings: SamplingSettings, n: int) -> SamplingParams:
         logprobs=0,
         # Text is only needed to match stop strings; token ids are the output.
         detokenize=bool(settings.stop_strings),
-        output_kind=RequestOutputKind.FINAL_ONLY,
+        # Deltas, not only the final output: they are the engine's progress signal.
+        output_kind=RequestOutputKind.DELTA,
     )
-
-
-def _index(output: CompletionOutput) -> int:
-    return output.index

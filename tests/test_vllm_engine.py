@@ -190,24 +190,44 @@ def test_stop_token_and_stop_string_end_the_completion(
     assert len(by_text.token_ids) <= 10
 
 
+@pytest.fixture(scope="module")
+def long_run(
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    weights: WeightVersions,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+) -> SamplingSettings:
+    """Settings under which both samples of an n=2 request (and so the n=1 request, whose
+    seed is the first sample's) run 400 tokens on the reference weights without
+    end-of-sequence: time enough to act mid-sample."""
+    weights.load(reference_model.state_dict())
+    for seed in range(20):
+        settings = SamplingSettings(max_new_tokens=400, temperature=TEMPERATURE, seed=seed)
+        completions = engine_loop.run(engine.generate(prompt, settings, n=2))
+        if all(c.finish_reason == "length" for c in completions):
+            return settings
+    raise AssertionError("no seed ran 400 tokens without end-of-sequence")
+
+
 def test_a_request_paused_across_an_update_resumes_under_the_new_version(
     engine_loop: EngineLoop,
     engine: VLLMEngine,
     weights: WeightVersions,
     reference_model: torch.nn.Module,
     prompt: list[int],
+    long_run: SamplingSettings,
 ) -> None:
     old_version = weights.load(reference_model.state_dict())
-    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
-    running = engine_loop.start(engine.generate(prompt, settings, n=1))
-    # Update after roughly the first 60 of several hundred tokens.
-    time.sleep(60 * seconds_per_token)
+    running = engine_loop.start(engine.generate(prompt, long_run, n=1, request_id="to-update"))
+    # Update once the first 60 of 400 tokens are out.
+    assert engine_loop.run(engine.sampled("to-update", 60))
     new_model = perturbed(reference_model, seed=2)
     new_version = weights.load(new_model.state_dict())
     [completion] = running.result(CALL_TIMEOUT_S)
 
     switch = completion.versions.index(new_version)
-    assert 0 < switch < len(completion.token_ids), "the update must land mid-completion"
+    assert 60 <= switch < len(completion.token_ids), "the update must land mid-completion"
     assert completion.versions == [old_version] * switch + [new_version] * (
         len(completion.token_ids) - switch
     )
@@ -218,33 +238,34 @@ def test_a_request_paused_across_an_update_resumes_under_the_new_version(
 
 
 def test_abort_returns_the_tokens_sampled_so_far(
-    engine_loop: EngineLoop, engine: VLLMEngine, prompt: list[int]
+    engine_loop: EngineLoop,
+    engine: VLLMEngine,
+    weights: WeightVersions,
+    reference_model: torch.nn.Module,
+    prompt: list[int],
+    long_run: SamplingSettings,
 ) -> None:
-    settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
-    running = engine_loop.start(engine.generate(prompt, settings, n=2, request_id="to-abort"))
-    time.sleep(30 * seconds_per_token)
+    weights.load(reference_model.state_dict())
+    running = engine_loop.start(engine.generate(prompt, long_run, n=2, request_id="to-abort"))
+    assert engine_loop.run(engine.sampled("to-abort", 30))
     engine_loop.run(engine.abort("to-abort"))
     completions = running.result(CALL_TIMEOUT_S)
 
     assert [c.finish_reason for c in completions] == ["abort", "abort"]
     for completion in completions:
-        assert 0 < len(completion.token_ids) < settings.max_new_tokens
+        assert 30 <= len(completion.token_ids) < long_run.max_new_tokens
         assert len(completion.logprobs) == len(completion.versions) == len(completion.token_ids)
+        assert max_gap(completion, reference_model, prompt) < LOGPROB_ATOL
 
 
-def _long_running_settings(
+def test_sampled_is_false_for_a_request_that_ends_first(
     engine_loop: EngineLoop, engine: VLLMEngine, prompt: list[int]
-) -> tuple[SamplingSettings, float]:
-    """A seed whose sample runs 400 tokens without end-of-sequence, and the decode pace.
-    (The client's output stream lags the engine process, so a test that must act
-    mid-sample paces itself by the measured speed: no progress signal comes in time.)"""
-    for seed in range(20):
-        settings = SamplingSettings(max_new_tokens=400, temperature=TEMPERATURE, seed=seed)
-        started = time.perf_counter()
-        [completion] = engine_loop.run(engine.generate(prompt, settings, n=1))
-        if completion.finish_reason == "length":
-            return settings, (time.perf_counter() - started) / len(completion.token_ids)
-    raise AssertionError("no seed ran 400 tokens without end-of-sequence")
+) -> None:
+    running = engine_loop.start(engine.generate(prompt, BASE, n=2, request_id="short"))
+    assert not engine_loop.run(engine.sampled("short", BASE.max_new_tokens + 1))
+    assert len(running.result(CALL_TIMEOUT_S)) == 2
+    with pytest.raises(KeyError, match="no running request"):
+        engine_loop.run(engine.sampled("short", 1))
 
 
 def test_a_failed_update_aborts_waiting_requests_and_refuses_new_ones(
@@ -252,13 +273,14 @@ def test_a_failed_update_aborts_waiting_requests_and_refuses_new_ones(
     engine_loop: EngineLoop,
     reference_model: torch.nn.Module,
     prompt: list[int],
+    long_run: SamplingSettings,
 ) -> None:
-    """Breaks an engine on purpose: one of its own, so test order does not matter."""
+    """Breaks an engine on purpose: one of its own (on the reference weights), so test order
+    does not matter."""
     engine = engine_loop.run(_create(tiny_model_path, VLLMConfig(max_model_len=1024)))
     try:
-        settings, seconds_per_token = _long_running_settings(engine_loop, engine, prompt)
-        running = engine_loop.start(engine.generate(prompt, settings, n=1))
-        time.sleep(30 * seconds_per_token)
+        running = engine_loop.start(engine.generate(prompt, long_run, n=1, request_id="doomed"))
+        assert engine_loop.run(engine.sampled("doomed", 30))
         state = dict(reference_model.state_dict())
         state["model.norm.weight"] = torch.ones(3)
 
@@ -266,7 +288,7 @@ def test_a_failed_update_aborts_waiting_requests_and_refuses_new_ones(
             engine_loop.run(engine.update_weights(state, engine.version + 1))
         [completion] = running.result(CALL_TIMEOUT_S)
 
-        assert completion.finish_reason == "abort"
+        assert completion.finish_reason == "abort" and len(completion.token_ids) >= 30
         with pytest.raises(WeightSyncError):
             engine_loop.run(engine.generate(prompt, BASE, n=1))
     finally:
