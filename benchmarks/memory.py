@@ -208,14 +208,14 @@ def learner_profile(
     assert learner.update is not None
     for step in (1, 2):
         trajectories = batch()
-        plan = rank_micro_batches(trajectories, 0, 1, config.learner.micro_batch_tokens)
+        plan = rank_micro_batches(trajectories, 0, 1, config.learner.resolved_micro_batch_tokens)
         full = pad_rows(trajectories, slice(None), learner.pad_id)
         algorithm = config.learner.algorithm
         estimate = learner.estimator(advantage_inputs(trajectories, full, {}, algorithm))
         metrics = learner.update.run(trajectories, plan, full, {}, estimate)
         assert metrics["grad_norm"] == metrics["grad_norm"], "the step trained nothing"
         _phase(f"train step {step} ({len(plan)} micro-batches)", rows, started)
-    state = full_state_dict(learner.engine.module, config.learner.zero_stage, 0)
+    state = full_state_dict(learner.engine.module, config.learner.resolved_zero_stage, 0)
     checksum(state)
     wire = to_wire(state)
     _phase("publish (state dict + wire)", rows, started)

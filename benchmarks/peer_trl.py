@@ -8,13 +8,15 @@ first, then trl); TRL is not a dependency of relayrl. relayrl runs the same task
 `arithmetic` env in these placements:
 
 - default: relayrl's defaults, nothing set (`rollout.placement: auto` picks colocated on a
-  box of up to 4 cores, separate otherwise; asynchronous, k=1, transformers engine);
+  box of up to 4 cores, separate otherwise; asynchronous, k=1, transformers engine; one CPU
+  learner rank at ZeRO-0 with 512-token micro-batches);
 - colocated: the learner and one in-process worker in one actor, taking turns;
 - separate: the defaults with separate actors (two workers beside the learner);
-- colocated-zero0: colocated with the quickstart's one-rank learner (ZeRO-0, 512-token
-  micro-batches);
-- separate-zero0: the quickstart's placement (two workers of one thread, a learner of two)
-  with the same learner;
+- zero2-4096: the defaults with the learner settings that were the defaults before (ZeRO-2,
+  4096-token micro-batches);
+- separate-zero2-4096: separate actors with those learner settings;
+- separate-threads: the quickstart's separate placement (two workers of one thread, a learner
+  of two);
 - one-worker: asynchronous (k=1), one separate worker with one core;
 - sync: on-policy (k=0), one worker;
 - vllm: on-policy (k=0), one worker with the vLLM engine (the CPU build here).
@@ -50,20 +52,18 @@ LR = 1e-5
 SYSTEM_PROMPT = "Answer with just the number."
 WARMUP_STEPS = 1
 
+# The learner settings that were the defaults before the one-rank CPU ones (BENCHMARKS.md,
+# Memory): ZeRO-2 and 4096-token micro-batches whatever the rank count and device.
+ZERO2_4096 = ["learner.zero_stage=2", "learner.micro_batch_tokens=4096"]
+
 PLACEMENTS: dict[str, list[str]] = {
     "default": [],
     "colocated": ["rollout.placement=colocated"],
     "separate": ["rollout.placement=separate"],
-    # The quickstart's one-rank learner settings (BENCHMARKS.md, Memory).
-    "colocated-zero0": [
-        "rollout.placement=colocated",
-        "learner.zero_stage=0",
-        "learner.micro_batch_tokens=512",
-    ],
-    "separate-zero0": [
+    "zero2-4096": ZERO2_4096,
+    "separate-zero2-4096": ["rollout.placement=separate", *ZERO2_4096],
+    "separate-threads": [
         "rollout.placement=separate",
-        "learner.zero_stage=0",
-        "learner.micro_batch_tokens=512",
         "learner.torch_threads=2",
         "rollout.torch_threads=1",
     ],

@@ -82,7 +82,6 @@ class ColocatedFleet:
         self._worker_id: str | None = None
         self._run_ref: ray.ObjectRef | None = None
         self._serial = 0
-        self._ignored_target: int | None = None
         self.restarts = 0
         self.reports: list[dict[str, Any]] = []
         self.errors: deque[dict[str, Any]] = deque(maxlen=ERRORS_KEPT)
@@ -117,15 +116,9 @@ class ColocatedFleet:
         return worker_id
 
     def scale_to(self, count: int) -> None:
+        """Starts the one worker; job control refuses any other target (`relayrl scale`)."""
         if self._worker_id is None:
             self._start()
-        if count != 1 and count != self._ignored_target:
-            self._ignored_target = count
-            log.warning(
-                "rollout.placement colocated runs one in-process rollout worker beside the "
-                "learner: a target of %d workers is ignored (rollout.placement: separate scales)",
-                count,
-            )
 
     def supervise(self) -> list[str]:
         if self._run_ref is None:

@@ -15,6 +15,7 @@ from relayrl.cluster.autoscaler import autoscaling
 from relayrl.cluster.evaluation import periodic_evaluation
 from relayrl.cluster.job_runtime import started_job
 from relayrl.cluster.live_display import LiveDisplay
+from relayrl.cluster.placement_rule import with_placement_resolved
 from relayrl.cluster.preflight import preflight
 from relayrl.cluster.presentation import reward_plot, run_report
 from relayrl.cluster.prometheus import PrometheusExporter
@@ -44,6 +45,7 @@ def run_job(config: JobConfig, resume: bool = False, hooks: LoopHooks | None = N
     """Run the job in config to trainer.steps (or a stop request); `hooks` plug features into
     the loop beside the default presenters."""
     preflight(config)  # the CLI ran it already; library callers get it here, in milliseconds
+    config = with_placement_resolved(config)
     output_dir = Path(config.output_dir)
     if config.buffer.url and urlsplit(config.buffer.url).password:
         log.warning(

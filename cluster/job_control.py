@@ -60,8 +60,10 @@ def job_control_name(job_name: str) -> str:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class JobControl:
-    def __init__(self, desired_workers: int) -> None:
+    def __init__(self, desired_workers: int, fixed_fleet: str | None = None) -> None:
         self._desired_workers = desired_workers
+        # Why the fleet cannot be scaled (a colocated job's one in-process worker), if so.
+        self._fixed_fleet = fixed_fleet
         self._stop: StopMode | None = None
         self._status: dict[str, Any] = {"state": JobState.STARTING.value}
         self._ended = asyncio.Event()
@@ -71,8 +73,14 @@ class JobControl:
         supervision tick); returns the previous target."""
         if count < 1:
             raise ValueError(f"a job needs at least one rollout worker, got {count}")
+        if self._fixed_fleet is not None:
+            raise ValueError(self._fixed_fleet)
         previous, self._desired_workers = self._desired_workers, count
         return previous
+
+    async def fixed_fleet(self) -> str | None:
+        """Why `relayrl scale` cannot change this job's fleet; None when it can."""
+        return self._fixed_fleet
 
     async def request_stop(self, mode: StopMode) -> None:
         # An interrupt may overtake a graceful stop under way, never the other way round.

@@ -37,9 +37,10 @@ from relayrl.cluster.shared_output import check_shared_output
 from relayrl.cluster.weights.transport import build_weight_transport
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
-from relayrl.learner.checkpoint import latest_checkpoint
+from relayrl.learner.checkpoint import check_resumable, latest_checkpoint
 from relayrl.metrics import MetricsWriter
 from relayrl.models import resolve_model
+from relayrl.sft_config import sft_dir
 from relayrl.trackers import open_trackers
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 900.0
 # How long stopping workers may take to finish the group they are playing.
 FLEET_STOP_S = 120.0
+COLOCATED_FLEET_IS_FIXED = (
+    "rollout.placement is colocated: one in-process rollout worker shares the learner's actor; "
+    "start the job with rollout.placement: separate to scale its workers"
+)
 
 
 class RunExistsError(JobConfigError):
@@ -146,6 +151,9 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
     # The one place the placement forks: which learner group and fleet the loop is given.
     colocated = job_placement(config) == "colocated"
     workers = 1 if colocated else config.rollout.num_workers
+    if resume:  # in milliseconds, before anything starts
+        for root in (output_dir / "checkpoints", sft_dir(config.output_dir)):
+            check_resumable(root, config.learner.resolved_zero_stage)
     with ExitStack() as stack:
         end_session_left_behind(output_dir)
         redis_url, buffer = _start_buffer(config, output_dir, resume, stack)
@@ -156,12 +164,12 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         )
         job_control = JobControl.options(
             name=job_control_name(config.name), **on_driver_node()
-        ).remote(workers)
+        ).remote(workers, COLOCATED_FLEET_IS_FIXED if colocated else None)
         _publish_address(output_dir, stack)
         log.info(
             "starting %d learner rank(s) (DeepSpeed ZeRO-%d)",
             config.learner.num_ranks,
-            config.learner.zero_stage,
+            config.learner.resolved_zero_stage,
         )
         consumer = buffer.with_consumer("learner-0")
         learner = (

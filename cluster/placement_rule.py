@@ -58,3 +58,11 @@ def resolve_placement(config: JobConfig, cores: int, on_cluster: bool) -> Placem
 def job_placement(config: JobConfig) -> Placement:
     """The placement of a job started from this process."""
     return resolve_placement(config, local_cores(), on_cluster())
+
+
+def with_placement_resolved(config: JobConfig) -> JobConfig:
+    """`config` with auto replaced by the placement this process resolves it to: the run's
+    config.yaml then re-runs the same way (it lists rollout.num_workers, which auto reads as
+    a fleet sized by hand)."""
+    rollout = config.rollout.model_copy(update={"placement": job_placement(config)})
+    return config.model_copy(update={"rollout": rollout})

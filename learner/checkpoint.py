@@ -15,9 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from relayrl.errors import JobConfigError
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "learner_state.json"
+# The state key of the ZeRO stage the engine state was saved at.
+ZERO_STAGE_KEY = "zero_stage"
+# DeepSpeed's engine state in a checkpoint folder (its save tag is "engine").
+ENGINE_DIR = Path("deepspeed") / "engine"
 LATEST_FILE = "latest"
 LEDGER_FILE = "ledger.jsonl"
 
@@ -77,6 +83,56 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def read_state(folder: Path) -> dict[str, Any]:
     return json.loads((folder / STATE_FILE).read_text())
+
+
+class ZeroStageMismatchError(JobConfigError):
+    """A checkpoint's engine state was saved at a ZeRO stage this job cannot load it at."""
+
+
+def checkpoint_format(zero_stage: int) -> str:
+    """DeepSpeed's engine-state layout of a stage: ZeRO-1 and ZeRO-2 share one optimizer and its
+    files (each loads the other's), ZeRO-0 keeps the optimizer with the model, ZeRO-3 shards
+    the parameters too."""
+    return {0: "unpartitioned", 1: "partitioned optimizer", 2: "partitioned optimizer"}.get(
+        zero_stage, "partitioned parameters"
+    )
+
+
+def _saved_stage(folder: Path, state: dict[str, Any]) -> tuple[int, str] | None:
+    """The stage the engine state was saved at, and how to name it: recorded in the state,
+    else read from DeepSpeed's file names (checkpoints from before stages were recorded,
+    where ZeRO-1 and ZeRO-2 look alike)."""
+    recorded = state.get(ZERO_STAGE_KEY)
+    if recorded is not None:
+        return int(recorded), str(recorded)
+    names = {path.name for path in (folder / ENGINE_DIR).glob("*.pt")}
+    if any(name.startswith("zero_pp_rank_") and "model_states" in name for name in names):
+        return 3, "3"
+    if any(name.startswith("zero_pp_rank_") for name in names):
+        return 2, "1 or 2"
+    return (0, "0") if names else None
+
+
+def check_zero_stage(folder: Path, state: dict[str, Any], zero_stage: int) -> None:
+    """Refuse to resume `folder` at `zero_stage` when DeepSpeed cannot load its engine state
+    there (DeepSpeed itself fails deep in its optimizer, naming nothing)."""
+    saved = _saved_stage(folder, state)
+    if saved is None or checkpoint_format(saved[0]) == checkpoint_format(zero_stage):
+        return
+    stage, named = saved
+    raise ZeroStageMismatchError(
+        f"learner.zero_stage: the checkpoint {folder} was saved at ZeRO stage {named} and "
+        f"this job runs at stage {zero_stage}, which cannot load it; resume with "
+        f"learner.zero_stage={stage}"
+    )
+
+
+def check_resumable(root: Path, zero_stage: int) -> None:
+    """check_zero_stage on the checkpoint `latest` under `root` names, if any: the driver's
+    check before it starts anything."""
+    latest = latest_checkpoint(root)
+    if latest is not None:
+        check_zero_stage(latest, read_state(latest), zero_stage)
 
 
 def committed_step(root: Path) -> int:

@@ -102,7 +102,7 @@ class DeepSpeedLearner:
         self.rank = rank
         self.consumer = consumer
         self.publishing = PolicyPublishing(
-            publisher, rank, config.learner.num_ranks, config.learner.zero_stage
+            publisher, rank, config.learner.num_ranks, config.learner.resolved_zero_stage
         )
         self.version = 0
         self.step = 0
@@ -228,7 +228,9 @@ class DeepSpeedLearner:
         waited = time.perf_counter() - started
 
         trajectories = length_order(trajectories, lc.num_ranks)
-        plan = rank_micro_batches(trajectories, self.rank, lc.num_ranks, lc.micro_batch_tokens)
+        plan = rank_micro_batches(
+            trajectories, self.rank, lc.num_ranks, lc.resolved_micro_batch_tokens
+        )
         scores = score_batch(trajectories, plan, self.pad_id, self._scorers())
         full = pad_rows(trajectories, slice(None), self.pad_id)
         estimate = self.estimator(advantage_inputs(trajectories, full, scores, lc.algorithm))
@@ -269,7 +271,7 @@ class DeepSpeedLearner:
         root = self.config.checkpoint_dir
         folder = checkpoint.step_dir(root, self.step)
         save_weights_and_engine(
-            self.engine, folder, self.model_path, self.config.learner.zero_stage, self.rank
+            self.engine, folder, self.model_path, self.config.learner.resolved_zero_stage, self.rank
         )
         if self.value_model is not None:
             self.value_model.save_state(folder)
@@ -279,7 +281,12 @@ class DeepSpeedLearner:
                 folder,
                 # The stream position is informational: delivery state lives in the consumer
                 # group, and the ledger decides what counts as trained.
-                {"step": self.step, "version": self.version, "stream_position": position},
+                {
+                    "step": self.step,
+                    "version": self.version,
+                    "stream_position": position,
+                    checkpoint.ZERO_STAGE_KEY: self.config.learner.resolved_zero_stage,
+                },
             )
             # Ledger first, then `latest`, then acks: a crash between any two of them
             # re-delivers entries that the restored ledger does not count as trained.
@@ -296,6 +303,7 @@ class DeepSpeedLearner:
         """Resume from a checkpoint: engine and optimizer state, step, version, ledger."""
         path = Path(folder)
         state = checkpoint.read_state(path)
+        checkpoint.check_zero_stage(path, state, self.config.learner.resolved_zero_stage)
         self.engine.load_checkpoint(str(path / "deepspeed"), tag="engine")
         if self.value_model is not None:
             self.value_model.load_state(path)

@@ -53,7 +53,7 @@ def _common_config(config: JobConfig, zero_stage: int, parameters: int) -> dict[
 
 
 def training_config(config: JobConfig, parameters: int) -> dict[str, Any]:
-    return _common_config(config, config.learner.zero_stage, parameters) | {
+    return _common_config(config, config.learner.resolved_zero_stage, parameters) | {
         "gradient_clipping": config.learner.grad_clip,
         "zero_allow_untested_optimizer": True,
     }
@@ -61,7 +61,8 @@ def training_config(config: JobConfig, parameters: int) -> dict[str, Any]:
 
 def inference_config(config: JobConfig, parameters: int) -> dict[str, Any]:
     # Below ZeRO-3 there is nothing to shard without an optimizer: every rank keeps a copy.
-    return _common_config(config, 3 if config.learner.zero_stage == 3 else 0, parameters)
+    stage = config.learner.resolved_zero_stage
+    return _common_config(config, 3 if stage == 3 else 0, parameters)
 
 
 def _parameters(model: nn.Module) -> int:

@@ -87,7 +87,7 @@ class SftTrainer:
         engine = self.engine
         lc = self.config.learner
         rows = self.batch(self.step)
-        plan = rank_micro_batches(rows, self.rank, lc.num_ranks, lc.micro_batch_tokens)
+        plan = rank_micro_batches(rows, self.rank, lc.num_ranks, lc.resolved_micro_batch_tokens)
         tokens = sum(row.num_sampled_tokens for row in rows)  # the whole batch's, on every rank
         nll = torch.zeros(1, dtype=torch.float64)
         engine.train()
@@ -116,10 +116,11 @@ class SftTrainer:
         root = sft_dir(self.config.output_dir)
         folder = checkpoint.step_dir(root, self.step)
         save_weights_and_engine(
-            self.engine, folder, self.model_path, self.config.learner.zero_stage, self.rank
+            self.engine, folder, self.model_path, self.config.learner.resolved_zero_stage, self.rank
         )
         if self.rank == 0:
-            checkpoint.write_state(folder, self.position())
+            stage = self.config.learner.resolved_zero_stage
+            checkpoint.write_state(folder, {**self.position(), checkpoint.ZERO_STAGE_KEY: stage})
             checkpoint.mark_latest(root, folder)
             checkpoint.prune(root, self.config.trainer.keep_checkpoints)
         if self.config.learner.num_ranks > 1:
@@ -128,8 +129,10 @@ class SftTrainer:
 
     def restore(self, folder: str) -> dict[str, int]:
         path = Path(folder)
+        state = checkpoint.read_state(path)
+        checkpoint.check_zero_stage(path, state, self.config.learner.resolved_zero_stage)
         self.engine.load_checkpoint(str(path / "deepspeed"), tag="engine")
-        self.step = int(checkpoint.read_state(path)["step"])
+        self.step = int(state["step"])
         return self.position()
 
     def finish(self) -> None:

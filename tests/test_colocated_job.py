@@ -1,9 +1,12 @@
 """The colocated placement end to end: one Ray actor holds the learner rank and an in-process
 rollout worker generating with the learner's own module. Real Ray, Redis, DeepSpeed and the
-transformers engine; a job of three steps, then a resume to a fourth."""
+transformers engine; a job of three steps, then a resume to a fourth; `relayrl scale` on it
+is refused while it runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 import ray
 import redis
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from relayrl import metric_keys as keys
@@ -33,11 +37,30 @@ STEPS = 4
 SHARES = "test/engine_shares_learner_parameters"
 
 
+SCALED: list[subprocess.CompletedProcess[str]] = []
+
+
 def _shares_parameters(step: int, runtime: JobRuntime) -> dict[str, Any]:
     assert isinstance(runtime.learner, ColocatedLearnerGroup)
     assert isinstance(runtime.fleet, ColocatedFleet)
     shares = ray.get(runtime.learner.actor.shares_parameters.remote())
     return {SHARES: float(shares)}
+
+
+def _scale_once(step: int, runtime: JobRuntime) -> dict[str, Any]:
+    """`relayrl scale` from another process, once, while the job runs (from the config.yaml
+    it saved, which must name the placement it runs at)."""
+    if not SCALED:
+        command = ["scale", str(runtime.output_dir / "config.yaml"), "3"]
+        SCALED.append(
+            subprocess.run(
+                [sys.executable, "-m", "relayrl.cli", *command],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        )
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +89,7 @@ def colocated_job(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory
         "output.tensorboard=false",
         "output.plot=false",
     ]
-    hooks = LoopHooks(step_metrics=[_shares_parameters])
+    hooks = LoopHooks(step_metrics=[_shares_parameters, _scale_once])
     try:
         first = load_config(None, [*overrides, f"trainer.steps={FIRST_STEPS}"])
         run_job(first, hooks=hooks)
@@ -130,3 +153,14 @@ def test_every_token_is_labelled_with_the_policy_that_sampled_it(
             mismatched_elsewhere += not torch.allclose(other, recorded, atol=1e-4, rtol=0)
     assert {0, 1, 2, 3} <= labelled
     assert mismatched_elsewhere > 0
+
+
+def test_scale_is_refused_by_the_running_colocated_job(colocated_job) -> None:
+    _, result, _ = colocated_job
+    (scaled,) = SCALED
+    assert scaled.returncode == 2, scaled.stderr
+    assert "cannot be scaled" in scaled.stderr and "rollout.placement: separate" in scaled.stderr
+    assert (
+        yaml.safe_load((result.output_dir / "config.yaml").read_text())["rollout"]["placement"]
+        == "colocated"
+    )

@@ -178,7 +178,24 @@ def test_the_schema_documents_every_field_of_every_section() -> None:
     }
     assert "RolloutConfig.max_concurrent_groups" in fields and "KLConfig.coef" in fields
     assert [name for name, spec in fields.items() if not spec.get("description")] == []
-    assert fields["LearnerConfig.zero_stage"]["enum"] == [0, 1, 2, 3]  # Literal types survive
+    assert fields["LearnerConfig.zero_stage"]["enum"] == ["auto", 0, 1, 2, 3]  # Literals survive
+
+
+@pytest.mark.parametrize(
+    ("overrides", "zero_stage", "micro_batch_tokens"),
+    [
+        ([], 0, 512),  # one CPU rank: nothing to shard, small micro-batches
+        (["learner.num_ranks=2"], 2, 512),
+        (["learner.gpus_per_rank=1"], 0, 4096),
+        (["learner.zero_stage=1", "learner.micro_batch_tokens=64"], 1, 64),
+    ],
+)
+def test_auto_learner_settings_resolve_by_rank_count_and_device(
+    overrides: list[str], zero_stage: int, micro_batch_tokens: int
+) -> None:
+    learner = load_config(None, overrides).learner
+    assert learner.resolved_zero_stage == zero_stage
+    assert learner.resolved_micro_batch_tokens == micro_batch_tokens
 
 
 def test_show_prints_the_resolved_config_with_defaults_and_overrides() -> None:

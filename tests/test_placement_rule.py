@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from relayrl.cluster import placement_rule
 from relayrl.cluster.placement_rule import COLOCATE_MAX_CORES, resolve_placement
+from relayrl.config import JobConfig
 from relayrl.config_loader import load_config
 from relayrl.errors import JobConfigError
 
@@ -53,3 +56,22 @@ def test_an_explicit_placement_is_kept() -> None:
     colocated = load_config(None, ["rollout.placement=colocated", "rollout.num_workers=3"])
     assert resolve_placement(separate, cores=2, on_cluster=False) == "separate"
     assert resolve_placement(colocated, cores=64, on_cluster=True) == "colocated"
+
+
+@pytest.mark.parametrize(
+    ("cores", "placement"), [(2, "colocated"), (COLOCATE_MAX_CORES + 1, "separate")]
+)
+def test_a_saved_config_re_runs_at_the_placement_auto_resolved_to(
+    cores: int, placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.yaml lists every field, rollout.num_workers too; auto read from it would always
+    be separate, so the run's placement is written there instead of auto."""
+    monkeypatch.setattr(placement_rule, "local_cores", lambda: cores)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    resolved = placement_rule.with_placement_resolved(load_config(None, []))
+    assert resolved.rollout.placement == placement
+    saved = JobConfig.model_validate(
+        yaml.safe_load(yaml.safe_dump(resolved.model_dump(mode="json")))
+    )
+    monkeypatch.setattr(placement_rule, "local_cores", lambda: 2)
+    assert placement_rule.job_placement(saved) == placement
