@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from relayrl.trajectory import EpisodeEnd
+
+# Annotations only: the driver checks workflows against this seam without loading torch.
+if TYPE_CHECKING:
+    import torch
 
 # How one generation call can end; the agent loop's other EpisodeEnd values are its own.
 GENERATION_ENDS = frozenset({EpisodeEnd.STOP, EpisodeEnd.LENGTH, EpisodeEnd.ABORT})

@@ -6,63 +6,31 @@ stamps on new tokens (cluster/weights/in_process.py). Generation and the learner
 turns on the same cores: the step, once its batch is read, holds the engine paused (running
 rows finish first, new ones wait) through the update and the publish. The learner runs on a
 thread of its own, so the worker's event loop keeps generating while the learner waits for
-its batch."""
+its batch.
+
+The driver only needs the class to start the actor: what needs torch and transformers is
+imported inside the methods, which run in the actor's process, so the driver stays light."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
-import torch
-from transformers import AutoTokenizer
 
-from relayrl import metric_keys as keys
-from relayrl.actors.evaluation import EvalEpisode, EvalItem, EvalPlan
-from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
-from relayrl.actors.rollout_worker import engine_seed
 from relayrl.admission import AdmissionGate, SampleRefill
-from relayrl.buffer import BufferEntry, TrajectoryConsumer, TrajectoryProducer
-from relayrl.cluster.rollout_fleet import RolloutWorker
-from relayrl.cluster.weights.in_process import InProcessWeights
+from relayrl.buffer import TrajectoryConsumer, TrajectoryProducer
 from relayrl.config import JobConfig
-from relayrl.learner.deepspeed_learner import DeepSpeedLearner
 from relayrl.ports import ALL_INTERFACES, free_port
-from relayrl.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from relayrl.actors.evaluation import EvalEpisode, EvalItem, EvalPlan
+    from relayrl.actors.hf_engine import TransformersEngine
+    from relayrl.cluster.sandboxed_worker import RolloutWorker
 
 T = TypeVar("T")
-
-
-class TimeSharedLearner(DeepSpeedLearner):
-    """A learner rank that holds `rollout_engine` paused from the moment its step's batch is
-    read until the step's version is published, and leaves the shared module in eval mode."""
-
-    rollout_engine: TransformersEngine | None = None
-    _step_hold: ExitStack | None = None
-    _drain_s = 0.0
-
-    def train_step(self) -> dict[str, Any]:
-        with ExitStack() as hold:
-            self._step_hold = hold
-            self._drain_s = 0.0
-            metrics = super().train_step()
-        self._step_hold = None
-        return {**metrics, keys.TIME_ENGINE_DRAIN_S: self._drain_s}
-
-    def _shared_batch(self) -> tuple[list[Trajectory], list[BufferEntry]]:
-        batch = super()._shared_batch()
-        engine = self.rollout_engine
-        if engine is not None and self._step_hold is not None:
-            started = time.perf_counter()
-            module = self._step_hold.enter_context(engine.paused())
-            # Runs first on exit, while the engine is still paused.
-            self._step_hold.callback(module.eval)
-            self._drain_s = time.perf_counter() - started
-        return batch
 
 
 @ray.remote(max_restarts=0)
@@ -78,6 +46,9 @@ class ColocatedActor:
         refill: SampleRefill,
         threads: int,
     ) -> None:
+        from relayrl.cluster.time_shared_learner import TimeSharedLearner
+        from relayrl.cluster.weights.in_process import InProcessWeights
+
         self._threads = threads
         self._weights = InProcessWeights()
         self._learner = TimeSharedLearner(config, model_path, 0, consumer, self._weights, refill)
@@ -87,6 +58,8 @@ class ColocatedActor:
         self._engine: TransformersEngine | None = None
 
     async def _on_learner(self, method: Callable[..., T], *args: Any) -> T:
+        import torch
+
         def call() -> T:
             torch.set_num_threads(self._threads)
             return method(*args)
@@ -140,6 +113,12 @@ class ColocatedActor:
     ) -> None:
         """A worker whose engine generates with the learner's module, from the newest
         published version; replaces (and closes) a previous worker's engine."""
+        from transformers import AutoTokenizer
+
+        from relayrl.actors.hf_engine import TransformersEngine, TransformersSettings
+        from relayrl.actors.rollout_worker import engine_seed
+        from relayrl.cluster.sandboxed_worker import RolloutWorker
+
         await self.stop_rollout()
         config = self._config
         tokenizer = AutoTokenizer.from_pretrained(model_path)

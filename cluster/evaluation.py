@@ -15,18 +15,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from relayrl.actors.eval_report import build_report
-from relayrl.actors.eval_setup import eval_plan, held_out_items
-from relayrl.actors.evaluation import EvalEpisode, EvalItem
 from relayrl.cluster.job_runtime import JobRuntime
 from relayrl.cluster.rollout_fleet import RolloutFleet
 from relayrl.config import JobConfig
 from relayrl.eval_config import EvalConfig
+
+if TYPE_CHECKING:
+    from relayrl.actors.evaluation import EvalEpisode, EvalItem
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class PeriodicEvaluation:
     """The `step_metrics` hook of a job with an `eval` section."""
 
     def __init__(self, config: JobConfig, section: EvalConfig, output_dir: Path) -> None:
+        # Imported here: the held-out items need a tokenizer, which a job without an eval
+        # section never loads in the driver.
+        from relayrl.actors.eval_setup import eval_plan, held_out_items
+
         self.section = section
         self.total = config.trainer.steps
         self.plan = eval_plan(config)
@@ -141,6 +145,8 @@ class PeriodicEvaluation:
         if round_.failed is not None:
             log.warning("evaluation of step %d abandoned: %s", round_.step, round_.failed)
             return {}
+        from relayrl.actors.eval_report import build_report
+
         report = build_report(self.plan, self.items, round_.episodes, f"step {round_.step}")
         self.report_dir.mkdir(parents=True, exist_ok=True)
         path = self.report_dir / f"step_{round_.step:06d}.json"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayError
@@ -34,7 +34,6 @@ from relayrl.cluster.session_guard import (
 )
 from relayrl.cluster.sft_stage import run_sft_stage
 from relayrl.cluster.shared_output import check_shared_output
-from relayrl.cluster.weights.transport import build_weight_transport
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
 from relayrl.learner.checkpoint import check_resumable, latest_checkpoint
@@ -42,6 +41,9 @@ from relayrl.metrics import MetricsWriter
 from relayrl.models import resolve_model
 from relayrl.sft_config import sft_dir
 from relayrl.trackers import open_trackers
+
+if TYPE_CHECKING:
+    from relayrl.cluster.weights.transport import WeightTransport
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,13 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         end_session_left_behind(output_dir)
         redis_url, buffer = _start_buffer(config, output_dir, resume, stack)
         _start_ray(config, output_dir, stack)
-        weights = None if colocated else build_weight_transport(config, CALL_TIMEOUT_S)
+        weights: WeightTransport | None = None
+        if not colocated:
+            # Imported here: its weight store's module needs torch, which a colocated job's
+            # driver never loads.
+            from relayrl.cluster.weights.transport import build_weight_transport
+
+            weights = build_weight_transport(config, CALL_TIMEOUT_S)
         controller = RolloutController.options(**on_driver_node()).remote(
             config.batch_size, config.trainer.max_staleness, buffer
         )

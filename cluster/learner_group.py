@@ -3,7 +3,7 @@ address first, so the others can join its process group."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.placement_group import remove_placement_group
@@ -12,16 +12,9 @@ from relayrl.admission import SampleRefill
 from relayrl.buffer import TrajectoryConsumer
 from relayrl.cluster.placement import in_bundle, learner_placement
 from relayrl.config import JobConfig
-from relayrl.learner.deepspeed_learner import DeepSpeedLearner
-from relayrl.ports import ALL_INTERFACES, free_port
-from relayrl.weights import WeightPublisher
 
-
-@ray.remote(max_restarts=0)
-class LearnerActor(DeepSpeedLearner):
-    def rendezvous_address(self) -> tuple[str, int]:
-        """This node's IP and a free port for the process group."""
-        return ray.util.get_node_ip_address(), free_port(ALL_INTERFACES)
+if TYPE_CHECKING:
+    from relayrl.weights import WeightPublisher
 
 
 class LearnerGroup:
@@ -36,6 +29,9 @@ class LearnerGroup:
         refill: SampleRefill,
         call_timeout_s: float,
     ) -> None:
+        # Imported here: it needs torch and DeepSpeed, which only the ranks' processes load.
+        from relayrl.cluster.learner_actor import LearnerActor
+
         self.call_timeout_s = call_timeout_s
         learner = config.learner
         # All ranks are placed together or not at all: a partial group would hang in setup.

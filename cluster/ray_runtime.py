@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 NAMESPACE = "relayrl"
 # A local instance serves this machine only: nothing of it listens beyond loopback.
 LOOPBACK = "127.0.0.1"
+# Every relayrl actor gets a process of its own, so workers Ray starts ahead of use stay idle
+# for the whole job (about 50 MB each, one per CPU): a local instance starts none.
+LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 def actor_env_vars() -> dict[str, str]:
@@ -77,6 +80,7 @@ def _start_local(num_cpus: int | None, env_vars: dict[str, str]) -> None:
             log_to_driver=True,
             configure_logging=False,
             namespace=NAMESPACE,
+            _system_config=LOCAL_SYSTEM_CONFIG,
         )
 
 

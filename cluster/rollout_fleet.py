@@ -6,21 +6,20 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from relayrl.actors import rollout_worker
 from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryProducer
 from relayrl.cluster.placement import engine_placement, in_bundle
-from relayrl.cluster.sandbox_actors import ray_sandbox_pool
 from relayrl.cluster.weights.roster import EngineRegistry
 from relayrl.config import JobConfig
-from relayrl.envs.python_sandbox import use_sandbox_pools
-from relayrl.weights import WeightSubscriber
+
+if TYPE_CHECKING:
+    from relayrl.weights import WeightSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +27,6 @@ log = logging.getLogger(__name__)
 KILL_WAIT_S = 60.0
 # How many of the latest worker deaths the fleet remembers for `relayrl status`.
 ERRORS_KEPT = 10
-
-
-# The same class name, so the actor's process title stays ray::RolloutWorker.
-class RolloutWorker(rollout_worker.RolloutWorker):
-    """A rollout worker whose sandboxed tool programs run on the job's sandbox actors."""
-
-    def __init__(self, *args: Any) -> None:
-        use_sandbox_pools(ray_sandbox_pool)
-        super().__init__(*args)
-
-
-RemoteRolloutWorker = ray.remote(max_restarts=0)(RolloutWorker)
 
 
 class FleetDeadError(RuntimeError):
@@ -111,6 +98,9 @@ class RolloutFleet:
         ]
 
     def add(self, restarts: int = 0) -> str:
+        # Imported here: it needs torch and transformers, which only the worker's process loads.
+        from relayrl.cluster.sandboxed_worker import RemoteRolloutWorker
+
         worker_id = f"worker-{self._serial}"
         self._serial += 1
         placement = engine_placement(self._cpus, self._gpus)
