@@ -57,10 +57,10 @@ class MetricsWriter:
         self._jsonl = self.jsonl_path.open("a")
         self._tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from relayrl.tensorboard_events import ScalarEventWriter
 
             self.tensorboard_dir = folder / "tensorboard"
-            self._tb = SummaryWriter(str(self.tensorboard_dir))
+            self._tb = ScalarEventWriter(str(self.tensorboard_dir))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **metrics}

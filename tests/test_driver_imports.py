@@ -11,7 +11,7 @@ from pathlib import Path
 
 HEAVY = ("torch", "transformers", "deepspeed")
 
-# The CLI's train path up to the job's start: its modules, then the config's preflight.
+# The CLI's train path: its modules, the config's preflight, a step's metrics (TensorBoard on).
 DRIVER = """
 import json, sys
 import relayrl.cli, relayrl.cluster.job, relayrl.cluster.job_commands
@@ -22,6 +22,11 @@ for placement in ("colocated", "separate"):
         "model.path=tiny-random", "env.name=arithmetic", f"output.dir={sys.argv[1]}",
         f"rollout.placement={placement}",
     ]))
+from pathlib import Path
+from relayrl.metrics import MetricsWriter
+writer = MetricsWriter(Path(sys.argv[1]) / "metrics", tensorboard=True)
+writer.write(1, {"reward/mean": 0.5})
+writer.close()
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
 
