@@ -124,12 +124,14 @@ class TrainingLoop:
             metrics.update(hook(step, runtime))
         self._read_orders()
         checkpoint = None
-        # A step that commits gets its record: a stop signal waits for both.
+        # The record goes before the commit: a SIGKILL between them leaves a record past the
+        # checkpoint, which the resume drops and writes again, never a committed step without one.
+        # A stop signal waits for both.
         with interrupts.deferred():
+            runtime.writer.write(step, metrics)
             if self._checkpoint_due(step):
                 checkpoint = self._checkpoint = Path(self._on_learner("save_checkpoint"))
                 stats = runtime.buffer.stats()  # the checkpoint acknowledged what it holds
-            runtime.writer.write(step, metrics)
         stopping = self._orders.stop is StopMode.GRACEFUL
         status = {
             "job": runtime.config.name,
