@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,10 @@ class TransformersSettings:
     seed: int = 0
     # Sequences in one forward pass at most; further requests wait for rows to finish.
     max_batch_rows: int = 256
+    # A fresh batch waits while requests keep arriving this close together (at most ten
+    # such waits): a worker's groups start one after another, and one prefill then admits
+    # them all instead of the latecomers joining steps behind.
+    gather_window_s: float = 0.05
 
 
 @dataclass(eq=False)
@@ -157,9 +162,11 @@ class TransformersEngine:
         self._cache: DynamicCache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)
         self._logits = torch.zeros(0, 0)
-        # The most sequences and requests one forward pass has held (observability).
+        # The most sequences and requests one forward pass has held, and the prefills that
+        # admitted them (observability).
         self.peak_rows = 0
         self.peak_requests = 0
+        self.prefills = 0
         self._thread = threading.Thread(target=self._serve, name="hf-engine", daemon=True)
         self._thread.start()
 
@@ -270,6 +277,8 @@ class TransformersEngine:
                         or self._pause_requests
                     )
                 )
+                if self._pending and not self._rows:
+                    self._gather()
                 if self._closed:
                     break
                 if self._pause_requests and not self._rows:
@@ -295,6 +304,22 @@ class TransformersEngine:
         self._wake.notify_all()
         self._wake.wait_for(lambda: not self._pause_requests or self._closed)
         self._paused = False
+
+    def _gather(self) -> None:
+        """Under `_wake`, no row running: wait for requests arriving together, until one
+        window passes without a new one, the batch is full, or anything else needs serving."""
+        window = self._settings.gather_window_s
+        deadline = time.monotonic() + 10 * window
+        while window > 0 and not (
+            self._closed or self._interrupt or self._loads or self._pause_requests
+        ):
+            arrived = len(self._pending)
+            left = deadline - time.monotonic()
+            if left <= 0 or sum(r.n for r in self._pending) >= self._settings.max_batch_rows:
+                return
+            self._wake.wait(min(window, left))
+            if len(self._pending) == arrived:
+                return
 
     def _take_pending(self) -> list[_Request]:
         room = self._settings.max_batch_rows - len(self._rows)
@@ -367,6 +392,7 @@ class TransformersEngine:
         """Prefill each new prompt once (left-padded), then merge its n rows into the batch."""
         if not requests:
             return
+        self.prefills += 1
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.zeros(len(requests), width, dtype=torch.long)
         mask = torch.zeros(len(requests), width, dtype=torch.long)

@@ -113,6 +113,25 @@ def test_each_row_keeps_its_own_stops_and_budget(engine, tokenizer) -> None:
     assert_same([unstopped], open_)
 
 
+def test_requests_arriving_together_share_one_prefill(tiny_model_path, tokenizer) -> None:
+    """A worker's groups reach an idle engine a little apart; they start as one batch."""
+    settings = TransformersSettings(tiny_model_path, gather_window_s=1.0)
+    engine = TransformersEngine(settings, (), tokenizer=tokenizer)
+    sampled = SamplingSettings(max_new_tokens=24, seed=2)
+
+    async def staggered():
+        async def one(prompt, delay):
+            await asyncio.sleep(delay)
+            return await engine.generate(prompt, sampled, 2)
+
+        await asyncio.gather(*(one(p, 0.02 * i) for i, p in enumerate(prompts(tokenizer))))
+        await engine.close()
+
+    asyncio.run(staggered())
+    assert engine.prefills == 1
+    assert engine.peak_requests == 3
+
+
 def test_a_cancelled_request_leaves_the_batch_and_the_rest_finish(engine, tokenizer) -> None:
     short, long, _ = prompts(tokenizer)
 
