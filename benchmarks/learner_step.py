@@ -3,16 +3,19 @@
 The batch is TRL's: SmolLM2-135M-Instruct, 8 prompts "What is A + B?" (A, B in 0..99) x 4
 samples of at most 32 new tokens, sampled once per dtype by relayrl's transformers engine and
 reused by every variant. Each variant is a fresh process that builds one learner rank
-(DeepSpeed ZeRO-0, 512-token micro-batches, 2 torch threads, no Ray), runs a warm-up step on
-one group and `--steps` timed `train_step`s on the same batch, and measures a torch matmul on
-the same threads in the same process. `--before REV` also runs the learner code of commit REV (its
-`git archive`, imported ahead of the working tree), so before and after share one run.
+(DeepSpeed ZeRO-0, 512-token micro-batches unless told, 2 torch threads, no Ray), runs a
+warm-up step on one group and `--steps` timed `train_step`s on the same batch, and measures a
+torch matmul on the same threads in the same process. `--before REV` also runs the learner code
+of commit REV (its `git archive`, imported ahead of the working tree), so before and after
+share one run.
 
 Training tok/s counts the batch's real tokens; the ceiling is the GEMM rate divided by the
 step's matrix FLOPs per token: 6 x parameters (forward and backward, output head included) +
-2 x the head (its logits are recomputed in backward).
+2 x the head (its logits are recomputed in backward). With shared-prompt packing each prompt
+runs once for its samples, so the step can beat this per-token ceiling of the padded batch.
 
     .venv/bin/python benchmarks/learner_step.py [--before REV] [--dtypes float32,bfloat16]
+        [--micro-batch-tokens 512,1024,4096]
 """
 
 from __future__ import annotations
@@ -156,7 +159,9 @@ def op_table(learner: Any, rows: int = 14) -> list[tuple[str, float]]:
     return [(e.key, e.self_cpu_time_total / 1e6) for e in events[:rows]]
 
 
-def run_variant(model: str, dtype: str, batch: Path, steps: int, with_ops: bool) -> dict[str, Any]:
+def run_variant(
+    model: str, dtype: str, batch: Path, steps: int, with_ops: bool, micro_tokens: int
+) -> dict[str, Any]:
     import torch
 
     from relayrl.config_loader import load_config
@@ -170,7 +175,7 @@ def run_variant(model: str, dtype: str, batch: Path, steps: int, with_ops: bool)
             f"model.path={model}",
             f"model.dtype={dtype}",
             "learner.zero_stage=0",
-            "learner.micro_batch_tokens=512",
+            f"learner.micro_batch_tokens={micro_tokens}",
             f"learner.torch_threads={THREADS}",
             "learner.lr=1e-5",
             f"rollout.group_size={SAMPLES}",
@@ -263,8 +268,8 @@ def spawn(label: str, args: list[str], pythonpath: Path | None) -> dict[str, Any
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--variant":
-        model, dtype, batch, steps, ops = sys.argv[2:7]
-        result = run_variant(model, dtype, Path(batch), int(steps), ops == "ops")
+        model, dtype, batch, steps, ops, micro = sys.argv[2:8]
+        result = run_variant(model, dtype, Path(batch), int(steps), ops == "ops", int(micro))
         print(json.dumps(result), flush=True)
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--make-batch":
@@ -278,6 +283,9 @@ def main() -> None:
     parser.add_argument("--before", help="also run the learner of this commit")
     parser.add_argument("--ops", action="store_true", help="print each run's top ops")
     parser.add_argument("--batch-dir", help="keep the sampled batches here and reuse them")
+    parser.add_argument(
+        "--micro-batch-tokens", default="512", help="comma list: one 'now' run per budget"
+    )
     args = parser.parse_args()
     from relayrl.models import resolve_model
 
@@ -286,23 +294,25 @@ def main() -> None:
         before = before_tree(args.before, Path(root)) if args.before else None
         reports: list[tuple[str, list[Any]]] = []
         print(
-            "| dtype | code | step s | forward / backward / optimizer s | tokens | tok/s |"
-            " ceiling tok/s | % of ceiling | GEMM GFLOP/s | log-prob gap mean / max |"
+            "| dtype | code | micro-batch tokens | step s | forward / backward / optimizer s |"
+            " tokens | tok/s | ceiling tok/s | % of ceiling | GEMM GFLOP/s |"
+            " log-prob gap mean / max |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for dtype in args.dtypes.split(","):
             batch = Path(args.batch_dir or root) / f"batch-{dtype}.npz"
             if not batch.exists():
                 batch.parent.mkdir(parents=True, exist_ok=True)
                 spawn("batch", ["--make-batch", model, dtype, str(batch)], None)
-            runs = [("before", before)] if before is not None else []
-            for code, path in [*runs, ("now", None)]:
+            budgets = args.micro_batch_tokens.split(",")
+            runs = [("before", before, budgets[0])] if before is not None else []
+            for code, path, micro in [*runs, *(("now", None, b) for b in budgets)]:
                 ops = "ops" if args.ops else "-"
-                variant = ["--variant", model, dtype, str(batch), str(args.steps), ops]
+                variant = ["--variant", model, dtype, str(batch), str(args.steps), ops, micro]
                 r = spawn(code, variant, path)
                 p = r["phases_s"]
                 print(
-                    f"| {dtype} | {code} | {r['step_s']:.2f} | {p['forward']:.2f} / "
+                    f"| {dtype} | {code} | {micro} | {r['step_s']:.2f} | {p['forward']:.2f} / "
                     f"{p['backward']:.2f} / {p['optimizer step']:.2f} | {r['tokens']} "
                     f"| {r['tok_s']:.0f} | {r['ceiling_tok_s']:.0f} "
                     f"| {100 * r['tok_s'] / r['ceiling_tok_s']:.0f}% | {r['gemm_gflops']:.0f} "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from relayrl.buffer import BufferEntry
+from relayrl.learner.shared_prefix import SharedPrefixRows
 from relayrl.trajectory import NO_VERSION, Trajectory
 
 
@@ -58,6 +59,8 @@ class PaddedBatch:
     old_logprobs: torch.Tensor  # [B, T] float32
     versions: torch.Tensor  # [B, T] int64, NO_VERSION off the loss mask
     rows: slice  # which sequences of the whole batch these are
+    # The same sequences with each shared prompt computed once (learner/shared_prefix.py).
+    packing: SharedPrefixRows | None = None
 
     def to(self, device: torch.device) -> PaddedBatch:
         """The same batch on the engine's device (a no-op on CPU)."""
@@ -68,6 +71,7 @@ class PaddedBatch:
             old_logprobs=self.old_logprobs.to(device),
             versions=self.versions.to(device),
             rows=self.rows,
+            packing=self.packing.to(device) if self.packing is not None else None,
         )
 
 

@@ -32,7 +32,7 @@ from relayrl.learner.full_state import save_weights_and_engine
 from relayrl.learner.group_filter import ZeroVarianceFilter
 from relayrl.learner.intake import BatchIntake
 from relayrl.learner.memory_metrics import learner_memory_metrics
-from relayrl.learner.micro_batches import length_order, rank_micro_batches
+from relayrl.learner.micro_batches import packing_order, rank_micro_batches
 from relayrl.learner.off_policy import OffPolicyCorrection
 from relayrl.learner.publishing import SERVE_JOINS, PolicyPublishing
 from relayrl.learner.reference import ReferenceModel
@@ -227,7 +227,7 @@ class DeepSpeedLearner:
         trajectories, entries = self._shared_batch()
         waited = time.perf_counter() - started
 
-        trajectories = length_order(trajectories, lc.num_ranks)
+        trajectories = packing_order(trajectories, lc.num_ranks)
         plan = rank_micro_batches(
             trajectories, self.rank, lc.num_ranks, lc.resolved_micro_batch_tokens
         )

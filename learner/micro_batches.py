@@ -12,8 +12,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from relayrl.learner.batching import PaddedBatch, pad_rows, plan_micro_batches
+from relayrl.learner.batching import PaddedBatch, pad_rows
 from relayrl.learner.rank_sync import max_over_ranks
+from relayrl.learner.shared_prefix import (
+    PackedSize,
+    pack_shared_prefixes,
+    plan_packed_micro_batches,
+    prompt_clusters,
+)
 from relayrl.trajectory import Trajectory
 
 
@@ -29,21 +35,34 @@ def rank_rows(count: int, rank: int, world_size: int) -> slice:
     return slice(min(rank * per_rank, count), min((rank + 1) * per_rank, count))
 
 
-def length_order(trajectories: list[Trajectory], world_size: int) -> list[Trajectory]:
-    """The batch reordered so micro-batches carry little padding: longest first, dealt to the
-    ranks' shares (rank_rows) in turn, so each share is sorted and the shares stay even. A
-    step's losses and gradients are sums over sequences, so the order changes neither."""
+def packing_order(trajectories: list[Trajectory], world_size: int) -> list[Trajectory]:
+    """The batch reordered so micro-batches pack well: the samples of a prompt side by side
+    (they share one packed row, learner/shared_prefix.py), prompts with the longest packed row
+    first, each dealt whole to the rank share (rank_rows) with the most room left, split only
+    where a share is full. A step's losses and gradients are sums over sequences, so the order
+    changes neither."""
     count = len(trajectories)
     room = [len(range(count)[rank_rows(count, r, world_size)]) for r in range(world_size)]
     shares: list[list[Trajectory]] = [[] for _ in range(world_size)]
-    longest_first = sorted(trajectories, key=lambda t: len(t.tokens), reverse=True)
-    rank = 0
-    for trajectory in longest_first:
-        while len(shares[rank]) == room[rank]:
-            rank = (rank + 1) % world_size
-        shares[rank].append(trajectory)
-        rank = (rank + 1) % world_size
+    clusters = [
+        sorted((trajectories[i] for i in members), key=lambda t: len(t.tokens), reverse=True)
+        for members in prompt_clusters(trajectories)
+    ]
+    clusters.sort(key=packed_length, reverse=True)
+    for cluster in clusters:
+        while cluster:
+            rank = max(range(world_size), key=lambda r: room[r] - len(shares[r]))
+            free = room[rank] - len(shares[rank])
+            shares[rank].extend(cluster[:free])
+            cluster = cluster[free:]
     return [t for share in shares for t in share]
+
+
+def packed_length(cluster: list[Trajectory]) -> int:
+    size = PackedSize()
+    for index, trajectory in enumerate(cluster):
+        size.add(index, trajectory)
+    return size.tokens()
 
 
 def rank_micro_batches(
@@ -55,7 +74,7 @@ def rank_micro_batches(
     lengths = [len(t.tokens) for t in trajectories[mine]]
     plans = [
         MicroBatch(slice(mine.start + p.start, mine.start + p.stop))
-        for p in plan_micro_batches(lengths, token_budget)
+        for p in plan_packed_micro_batches(trajectories[mine], token_budget)
     ]
     most = int(max_over_ranks(torch.tensor([len(plans)])).item())
     # A rank without rows borrows the batch's first one; it is masked out either way.
@@ -69,4 +88,5 @@ def micro_batch_tensors(
     batch = pad_rows(trajectories, micro.rows, pad_id)
     if micro.stand_in:
         return replace(batch, loss_mask=torch.zeros_like(batch.loss_mask))
-    return batch
+    packing = pack_shared_prefixes(trajectories[micro.rows], batch.input_ids.shape[1])
+    return replace(batch, packing=packing)

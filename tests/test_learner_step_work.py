@@ -5,6 +5,7 @@ DeepSpeed's all-reduce with itself. Each is checked against the plain computatio
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,10 +14,17 @@ from transformers import AutoModelForCausalLM
 
 from relayrl.learner.algorithms.logprobs import head_token_scores, token_logprobs
 from relayrl.learner.algorithms.types import LossInputs
-from relayrl.learner.batching import pad_rows, plan_micro_batches
+from relayrl.learner.batching import PaddedBatch, pad_rows, plan_micro_batches
 from relayrl.learner.deepspeed_learner import DeepSpeedLearner
-from relayrl.learner.micro_batches import length_order, rank_micro_batches, rank_rows
+from relayrl.learner.micro_batches import (
+    MicroBatch,
+    micro_batch_tensors,
+    packing_order,
+    rank_micro_batches,
+    rank_rows,
+)
 from relayrl.learner.rewards import advantage_inputs
+from relayrl.learner.shared_prefix import plan_packed_micro_batches
 from relayrl.learner.token_scores import token_scores
 from relayrl.models import cache_root
 from relayrl.trajectory import Trajectory
@@ -54,6 +62,65 @@ def test_head_on_loss_positions_scores_and_grads_like_every_position(
         torch.testing.assert_close(grads[name], every_grads[name], **CLOSE, msg=name)
 
 
+def cut(trajectory: Trajectory, length: int) -> Trajectory:
+    """The trajectory's first `length` tokens."""
+    arrays = ("tokens", "loss_mask", "logprobs", "versions")
+    return replace(trajectory, **{name: getattr(trajectory, name)[:length] for name in arrays})
+
+
+def mixed_groups(maker: TrajectoryMaker) -> list[Trajectory]:
+    """Two prompts of four and three samples of unequal lengths, and one sample alone."""
+    first = maker.group([1.0, 0.0, 1.0, 0.0], 5, 6)
+    first[1], first[3] = cut(first[1], 8), cut(first[3], 5)
+    return [*first, *maker.group([0.0, 1.0, 1.0], 3, 4), *maker.group([1.0], 4, 7)]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_packing_scores_and_grads_like_the_padded_batch(
+    tiny_model_path: str, attention: str
+) -> None:
+    """Each prompt runs once for all its samples (one of them no longer than the prompt):
+    log-probs, entropies and every gradient equal the padded batch's, float32 to 1e-5."""
+    maker = TrajectoryMaker(tiny_model_path)
+    trajectories = mixed_groups(maker)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_path, dtype=torch.float32, attn_implementation=attention
+    )
+    packed = micro_batch_tensors(trajectories, MicroBatch(slice(None)), pad_id=0)
+    assert packed.packing is not None and packed.packing.input_ids.shape[0] == 3
+    assert packed.packing.input_ids.numel() < packed.input_ids.numel()
+    padded = replace(packed, packing=None)
+    weights = torch.randn(padded.input_ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def run(batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        logprobs, entropy = token_scores(model, batch, 0.7, True, loss_positions_only=True)
+        assert entropy is not None
+        ((logprobs + entropy) * weights * batch.loss_mask).sum().backward()
+        return (
+            logprobs.detach(),
+            entropy.detach(),
+            {n: p.grad.clone() for n, p in model.named_parameters()},
+        )
+
+    logprobs, entropy, grads = run(packed)
+    plain_logprobs, plain_entropy, plain_grads = run(padded)
+    torch.testing.assert_close(logprobs, plain_logprobs, **CLOSE)
+    torch.testing.assert_close(entropy, plain_entropy, **CLOSE)
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], **CLOSE, msg=name)
+
+
+def test_packed_micro_batches_fit_the_budget_in_packed_rows(tiny_model_path: str) -> None:
+    """A group of four 12-token samples with an 8-token prompt packs into one 24-token row:
+    two groups fit 48 tokens where their padded rows would need 96."""
+    maker = TrajectoryMaker(tiny_model_path)
+    trajectories = maker.group([1.0] * 4, 8, 4) + maker.group([0.0] * 4, 8, 4)
+    assert plan_packed_micro_batches(trajectories, 48) == [slice(0, 8)]
+    assert plan_packed_micro_batches(trajectories, 47) == [slice(0, 4), slice(4, 8)]
+    assert plan_micro_batches(lengths_of(trajectories), 48) == [slice(0, 4), slice(4, 8)]
+
+
 def test_head_with_no_loss_position_still_reaches_every_parameter() -> None:
     """A ZeRO-3 stand-in micro-batch has an all-zero loss mask; its backward must still run."""
     hidden = torch.randn(2, 5, 4, requires_grad=True)
@@ -70,37 +137,53 @@ def lengths_of(trajectories: list[Trajectory]) -> list[int]:
 
 
 @pytest.mark.parametrize(("count", "world_size"), [(7, 1), (7, 3), (10, 4), (2, 4)])
-def test_length_order_sorts_each_rank_share_and_keeps_every_sequence(
+def test_packing_order_keeps_every_sequence_and_each_prompt_together(
     tiny_model_path: str, count: int, world_size: int
 ) -> None:
     maker = TrajectoryMaker(tiny_model_path)
-    trajectories = [t for n in range(count) for t in maker.group([1.0], 2 + n % 3, 1 + n % 5)]
-    ordered = length_order(trajectories, world_size)
+    trajectories = [t for n in range(count) for t in maker.group([1.0] * 3, 2 + n % 3, 1 + n % 5)]
+    ordered = packing_order(trajectories, world_size)
     assert sorted(map(id, ordered)) == sorted(map(id, trajectories))
-    shares = [lengths_of(ordered[rank_rows(count, r, world_size)]) for r in range(world_size)]
-    assert all(share == sorted(share, reverse=True) for share in shares)
-    # Longest first, dealt in turn: no share's longest is shorter than a later share's.
-    tops = [share[0] for share in shares if share]
-    assert tops == sorted(tops, reverse=True)
+    total = len(ordered)
+    for rank in range(world_size):
+        share = ordered[rank_rows(total, rank, world_size)]
+        groups = [t.group_id for t in share]
+        # Each prompt's samples side by side in a share.
+        for group in set(groups):
+            at = [i for i, g in enumerate(groups) if g == group]
+            assert at == list(range(at[0], at[-1] + 1))
 
 
-def test_length_order_pads_less_than_arrival_order(tiny_model_path: str) -> None:
+def test_packing_order_needs_fewer_tokens_than_arrival_order(tiny_model_path: str) -> None:
     maker = TrajectoryMaker(tiny_model_path)
     trajectories = [t for n in (8, 1, 8, 1, 8, 1) for t in maker.group([1.0], 3, n)]
+    trajectories += maker.group([0.0] * 3, 6, 2)
 
     def padded_tokens(batch: list[Trajectory]) -> int:
         lengths = lengths_of(batch)
         plans = plan_micro_batches(lengths, 24)
         return sum(max(lengths[p]) * (p.stop - p.start) for p in plans)
 
-    assert padded_tokens(length_order(trajectories, 1)) < padded_tokens(trajectories)
+    def packed_tokens(batch: list[Trajectory]) -> int:
+        plans = plan_packed_micro_batches(batch, 24)
+        return sum(packed_rows(batch[p]) for p in plans)
+
+    assert packed_tokens(packing_order(trajectories, 1)) < padded_tokens(trajectories)
+
+
+def packed_rows(batch: list[Trajectory]) -> int:
+    """Rows x longest row of the micro-batch's packed rows."""
+    tensors = micro_batch_tensors(batch, MicroBatch(slice(None)), pad_id=0)
+    ids = tensors.packing.input_ids if tensors.packing is not None else tensors.input_ids
+    return ids.numel()
 
 
 @pytest.mark.slow
-def test_a_zero0_step_in_length_order_has_the_plain_gradients(
+def test_a_zero0_step_in_packing_order_has_the_plain_gradients(
     tiny_model_path: str, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A whole train_step (length order, head on loss positions, no self all-reduce) reaches
+    """A whole train_step (packing order, shared prompts run once, head on loss positions,
+    no self all-reduce) reaches
     the optimizer with the gradients and loss of the full-logits computation in arrival
     order on a plain copy of the model, float32 to 1e-5."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
@@ -116,7 +199,8 @@ def test_a_zero0_step_in_length_order_has_the_plain_gradients(
     maker = TrajectoryMaker(tiny_model_path)
     trajectories = maker.group([1.0, 0.0, 0.0], 4, 2) + maker.group([0.0, 1.0, 1.0], 5, 7)
     trajectories[1], trajectories[4] = trajectories[4], trajectories[1]
-    assert list(map(id, length_order(trajectories, 1))) != list(map(id, trajectories))
+    ordered = packing_order(trajectories, 1)
+    assert list(map(id, ordered)) != list(map(id, trajectories))
 
     learner = DeepSpeedLearner(config, tiny_model_path, 0, consumer=None, publisher=None)
     on_a_free_port(lambda port: learner.setup("127.0.0.1", port))
@@ -130,7 +214,9 @@ def test_a_zero0_step_in_length_order_has_the_plain_gradients(
         return engine_step(*args, **kwargs)
 
     learner.engine.step = step_after_snapshot
-    assert len(rank_micro_batches(length_order(trajectories, 1), 0, 1, 24)) > 1
+    plan = rank_micro_batches(ordered, 0, 1, 24)
+    assert len(plan) > 1
+    assert any(micro_batch_tensors(ordered, m, learner.pad_id).packing is not None for m in plan)
     metrics = learner.train_step()
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
