@@ -151,7 +151,9 @@ def sigterm_exits_130_and_leaves_no_process(args: list[str], out: Path, log: Pat
 def a_fresh_start_is_refused(args: list[str], out: Path) -> None:
     """A fresh start into a stopped run's folder would mix two runs: refused before it trains."""
     before = len(read_metrics(out / "metrics.jsonl"))
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
+    # One step: were it let in, it would end at once instead of training on to the timeout.
+    fresh = [*args, "--set", "trainer.steps=1"]
+    refused = subprocess.run(fresh, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "holds a previous run" in refused.stderr
     assert len(read_metrics(out / "metrics.jsonl")) == before
