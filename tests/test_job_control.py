@@ -242,10 +242,8 @@ def test_a_job_stopped_every_way_resumes_each_time_and_finishes(tiny_model_path,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")
     found = [r["step"] for r in records]
-    assert found[: len(signalled)] == signalled and found == sorted(set(found))
-    # A SIGKILL can land between a step's checkpoint and its record (only signals that can be
-    # caught wait for the commit): that one record may be missing, and no other.
-    assert set(range(1, steps + 1)) - set(found) <= {killed_at}, found
+    # The record is written before the commit, so even a SIGKILL between them loses none.
+    assert found[: len(signalled)] == signalled and found == list(range(1, steps + 1)), found
     assert [r["step"] for r in read_ledger(out / "checkpoints")] == list(range(1, steps + 1))
     # The warm-up goes on from each restored step: a scheduler rebuilt at resume would start
     # over at its first value.
