@@ -1,10 +1,9 @@
 """Admission control on the policy version (as AReaL does): at most
-(max_staleness + 1) x batch_size - (backlog + running) samples may start, less one batch for
-each version the oldest running group is behind, so workers never generate what the learner
-would have to throw away, even when a slow group is overtaken by later ones. The backlog is read
-from the stream itself (entries pending or undelivered, less those the learner has booked), so
-the count follows what the learner actually trains, discards and dead-letters, a worker killed
-between its push and its release leaves no phantom, and a resumed job starts from the truth."""
+(max_staleness + 1) x batch_size - (backlog + running) samples may start, so workers never
+generate what the learner would have to throw away. The backlog is read from the stream itself
+(entries pending or undelivered, less those the learner has booked), so the count follows what
+the learner actually trains, discards and dead-letters, a worker killed between its push and its
+release leaves no phantom, and a resumed job starts from the truth."""
 
 from __future__ import annotations
 
@@ -37,15 +36,8 @@ class AdmissionReply:
 
 class AdmissionState:
     """The counters and the rule, free of Ray so the arithmetic is testable on its own.
-
-    A group admitted under version u samples on weights no older than u, and the learner
-    trains groups in the order they reach the stream, so a group still running can be
-    overtaken by groups admitted after it. It is fresh enough while at most
-    (u + max_staleness + 1) x batch samples are trained before it, so a new sample may start
-    only while trained + backlog + running stays within that bound for the oldest running
-    group; with v x batch trained that is the `capacity` below. (A pushed group cannot be
-    overtaken: later ones reach the stream after it.) `version` moves on when the learner
-    books a trained batch (`trained_batch`), not later, so it never lags the booking."""
+    (max_staleness + v + 1) x batch - (trained + backlog + running), with v x batch trained,
+    is this rule: the version only matters through what the learner has consumed."""
 
     def __init__(self, batch_size: int, max_staleness: int, version: int = 0, backlog: int = 0):
         self.batch_size = batch_size
@@ -54,48 +46,27 @@ class AdmissionState:
         self.backlog = backlog
         self.running = 0
         self.stopping = False
-        # Per worker, (version admitted under, samples) of each running lease, oldest first.
-        self.leases: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self.leases: dict[str, int] = defaultdict(int)
 
     def capacity(self) -> int:
         limit = (self.max_staleness + 1) * self.batch_size
-        behind = self.version - self.oldest_running_version()
-        return limit - (self.backlog + self.running) - behind * self.batch_size
-
-    def oldest_running_version(self) -> int:
-        """The version the oldest running lease was admitted under (the current one if none)."""
-        return min(
-            (version for leases in self.leases.values() for version, _ in leases),
-            default=self.version,
-        )
+        return limit - (self.backlog + self.running)
 
     def admit(self, worker_id: str, count: int) -> None:
         self.running += count
-        self.leases[worker_id].append((self.version, count))
-
-    def trained_batch(self) -> None:
-        """The learner booked the batch it trained, after publishing the policy trained on it."""
-        self.version += 1
+        self.leases[worker_id] += count
 
     def finish(self, worker_id: str, count: int) -> int:
         """Return a worker's slots; only what it holds, so a late or repeated release is
-        harmless. Produced samples are counted by the backlog, not here. A release does not
-        say which of the worker's leases ended: the newest go first, which keeps the bound
-        on the oldest (the stricter one)."""
-        leases = self.leases[worker_id]
-        freed = 0
-        while leases and freed < count:
-            version, held = leases.pop()
-            taken = min(held, count - freed)
-            if taken < held:
-                leases.append((version, held - taken))
-            freed += taken
-        self.running -= freed
-        return freed
+        harmless. Produced samples are counted by the backlog, not here."""
+        count = min(count, self.leases[worker_id])
+        self.leases[worker_id] -= count
+        self.running -= count
+        return count
 
     def forget_worker(self, worker_id: str) -> int:
         """A dead worker's admitted samples will never arrive: free their slots."""
-        lost = sum(count for _, count in self.leases.pop(worker_id, []))
+        lost = self.leases.pop(worker_id, 0)
         self.running -= lost
         return lost
 
@@ -159,12 +130,6 @@ class RolloutController:
         """The learner booked `count` entries: the backlog shrank."""
         await self._refresh()
 
-    async def trained(self, count: int) -> None:
-        """The learner booked the `count` entries of the batch it trained: the backlog shrank
-        and the policy version moved on, both at once for admission."""
-        self._state.trained_batch()
-        await self._refresh()
-
     async def forget_worker(self, worker_id: str) -> int:
         await self._read_backlog()
         lost = self._state.forget_worker(worker_id)
@@ -196,9 +161,6 @@ class ControllerRefill:
 
     def booked(self, count: int) -> None:
         ray.get(self._handle.booked.remote(count), timeout=self._timeout_s)
-
-    def trained(self, count: int) -> None:
-        ray.get(self._handle.trained.remote(count), timeout=self._timeout_s)
 
 
 class ControllerGate:

@@ -280,9 +280,7 @@ class BatchIntake:
         self._discards = []
         self.uncommitted.append(record)
         self.consumer.book(len(trained))
-        if self.refill is not None:
-            # Admission learns the version moved on together with the booking, not later.
-            self.refill.trained(len(trained))
+        self._notify(len(trained))
         self._save_in_flight([])
         return dict(Counter({reason: len(ids) for reason, ids in record.discarded.items()}))
 

@@ -11,11 +11,6 @@ class SampleRefill(Protocol):
         committed): the backlog admission counts shrank, so waiting samples may start now."""
         ...
 
-    def trained(self, count: int) -> None:
-        """The learner booked the `count` entries of the batch it just trained, after
-        publishing the policy trained on them: the backlog shrank and the version moved on."""
-        ...
-
 
 class AdmissionGate(Protocol):
     async def acquire(self, worker_id: str, count: int) -> int | None:

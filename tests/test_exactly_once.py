@@ -55,9 +55,6 @@ class CountingRefill:
     def booked(self, count: int) -> None:
         self.total += count
 
-    def trained(self, count: int) -> None:
-        self.total += count
-
 
 def make(url: str, root: Path, prompts: int = 1, on_idle=None, **kwargs):
     buffer = RedisStreamBuffer(url, STREAM, trim_acknowledged=False)

@@ -69,9 +69,6 @@ class CountingRefill:
     def booked(self, count: int) -> None:
         self.booked_entries += count
 
-    def trained(self, count: int) -> None:
-        self.booked_entries += count
-
 
 def sampled(groups: list[list[Trajectory]]) -> int:
     return sum(t.num_sampled_tokens for group in groups for t in group)
