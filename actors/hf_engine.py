@@ -43,8 +43,10 @@ class TransformersSettings:
     max_batch_rows: int = 256
     # A fresh batch waits while requests keep arriving this close together (at most ten
     # such waits): a worker's groups start one after another, and one prefill then admits
-    # them all instead of the latecomers joining steps behind.
-    gather_window_s: float = 0.05
+    # them all instead of the latecomers joining steps behind. Off (0) by default: at 50 ms
+    # it kept an autoscaled fleet from shrinking (tests/test_autoscale_job.py) and gained
+    # nothing measurable in a colocated step.
+    gather_window_s: float = 0.0
 
 
 @dataclass(eq=False)
