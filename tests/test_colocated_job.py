@@ -151,7 +151,8 @@ def test_every_token_is_labelled_with_the_policy_that_sampled_it(
         if version + 1 <= STEPS - 1:
             other = completion_logprobs(policy(version + 1), prompt, completion)
             mismatched_elsewhere += not torch.allclose(other, recorded, atol=1e-4, rtol=0)
-    assert {0, 1, 2, 3} <= labelled
+    # At max_staleness 1 generation may run a version ahead, so one version can go unsampled.
+    assert 0 in labelled and len(labelled) >= STEPS - 1 and labelled <= set(range(STEPS + 1))
     assert mismatched_elsewhere > 0
 
 
