@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from relayrl.actors.engine import Completion, SamplingSettings
 from relayrl.actors.stop_strings import StopStrings
 from relayrl.config import Dtype
+from relayrl.grouped_attention import use_grouped_sdpa
 from relayrl.trajectory import EpisodeEnd
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -143,6 +144,7 @@ class TransformersEngine:
             )
         )
         self._model.eval()
+        use_grouped_sdpa(self._model)
         self._vocab = self._model.get_input_embeddings().num_embeddings
         self._eos = eos_token_ids
         self._tokenizer = tokenizer

@@ -22,6 +22,7 @@ from relayrl.admission import SampleRefill
 from relayrl.buffer import BufferEntry, TrajectoryConsumer
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
+from relayrl.grouped_attention import use_grouped_sdpa
 from relayrl.learner import checkpoint
 from relayrl.learner.algorithms.build import build_advantage_estimator, build_objective
 from relayrl.learner.batch_metrics import batch_metrics
@@ -171,6 +172,8 @@ class DeepSpeedLearner:
             timeout=collective_timeout(lc.batch_timeout_s),
         )
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        if not on_gpu:
+            use_grouped_sdpa(model)
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -79,11 +79,14 @@ def training_engine(model: nn.Module, config: JobConfig, lr: float) -> Any:
     import deepspeed
 
     learner = config.learner
+    # The fused kernel updates all parameters in one pass: 0.15 s a step for a 135M model on
+    # two CPU cores against 0.65 s for the per-tensor loop (BENCHMARKS.md).
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=lr,
         betas=learner.betas,
         weight_decay=learner.weight_decay,
+        fused=True,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(learner.warmup_steps))
     engine, *_ = deepspeed.initialize(

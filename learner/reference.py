@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from relayrl.grouped_attention import use_grouped_sdpa
 from relayrl.learner.algorithms.logprobs import token_logprobs
 from relayrl.learner.batching import PaddedBatch
 from relayrl.learner.engines import inference_engine
@@ -26,6 +27,8 @@ class ReferenceModel:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if not config.learner.gpus_per_rank:
+            use_grouped_sdpa(model)
         model.config.use_cache = False
         return cls(inference_engine(model, config), config.rollout.sampling.temperature)
 

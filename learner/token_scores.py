@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relayrl.grouped_attention import GROUPED_SDPA
 from relayrl.learner.algorithms.logprobs import head_token_scores
 from relayrl.learner.batching import PaddedBatch
 
 # Attention implementations that take a custom [B, 1, Q, K] mask, and the mask each reads:
 # SDPA a boolean "may attend", eager an additive bias.
-MASK_AS = {"sdpa": torch.bool, "eager": torch.float32}
+MASK_AS = {"sdpa": torch.bool, GROUPED_SDPA: torch.bool, "eager": torch.float32}
 
 
 def token_scores(

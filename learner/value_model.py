@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from relayrl.algorithm_config import CriticConfig
+from relayrl.grouped_attention import use_grouped_sdpa
 from relayrl.learner.algorithms.build import build_critic_loss
 from relayrl.learner.algorithms.critic import ValueLoss
 from relayrl.learner.algorithms.types import LossInputs, LossOutput
@@ -39,6 +40,8 @@ class ValueModel:
         model = AutoModelForTokenClassification.from_pretrained(
             model_path, config=model_config, dtype=torch.float32
         )
+        if not job.learner.gpus_per_rank:
+            use_grouped_sdpa(model)
         model.config.use_cache = False
         if job.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable()
