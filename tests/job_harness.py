@@ -71,6 +71,15 @@ def assert_nothing_discarded(records: Sequence[dict[str, Any]]) -> None:
         assert reasons == {"discarded/total": 0}, (record["step"], reasons)
 
 
+def assert_discarded_only_as_stale(records: Sequence[dict[str, Any]]) -> None:
+    """Nothing discarded but stale groups: a group that runs concurrently with later ones can be
+    overtaken into the stream past `max_staleness` (docs/architecture.md, admission)."""
+    for record in records:
+        reasons = {k: v for k, v in record.items() if k.startswith("discarded/")}
+        stale = reasons.pop("discarded/stale", 0)
+        assert reasons == {"discarded/total": stale}, (record["step"], reasons)
+
+
 def unacknowledged(client: Any, stream: str) -> tuple[set[str], set[str]]:
     """(entries the learner's group read but did not acknowledge, entries it never read)."""
     pending = {
@@ -109,9 +118,24 @@ def job_args(model: str, out: Path, steps: int, extra: list[str], staleness: int
     return args
 
 
+# Each started job's log, by pid: a job that exits early fails its test with the log's tail.
+JOB_LOGS: dict[int, Path] = {}
+
+
 def start(args: list[str], log: Path) -> subprocess.Popen:
     cwd = Path(__file__).resolve().parents[1]  # so Ray workers import tests.plugin_envs
-    return subprocess.Popen(args, cwd=cwd, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=cwd, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    JOB_LOGS[proc.pid] = log
+    return proc
+
+
+def assert_running(proc: subprocess.Popen) -> None:
+    """The job has not exited; if it has, the failure carries the end of its log."""
+    if proc.poll() is None:
+        return
+    log = JOB_LOGS.get(proc.pid)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else "(no log)"
+    raise AssertionError(f"job exited early with {proc.returncode}; its log ends:\n{tail}")
 
 
 def descendants(pid: int) -> list[int]:
@@ -145,7 +169,7 @@ def steps_done(out: Path) -> int:
 def wait_for_steps(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while steps_done(out) < count:
-        assert proc.poll() is None, f"job exited early with {proc.returncode}"
+        assert_running(proc)
         assert time.monotonic() < deadline, "job made no progress"
         time.sleep(0.5)
 
@@ -157,6 +181,6 @@ def wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout_s: f
         records = read_metrics(out / "metrics.jsonl")
         if records and records[-1]["rollout/workers"] == count:
             return
-        assert proc.poll() is None, f"job exited early with {proc.returncode}"
+        assert_running(proc)
         assert time.monotonic() < deadline, f"the fleet never reached {count} workers"
         time.sleep(0.5)

@@ -6,8 +6,10 @@ twice."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import redis
@@ -25,11 +27,19 @@ SLOW_ENV = {"env_s": 1.0, "learner_s": 0.0}
 SLOW_LEARNER = {"env_s": 0.0, "learner_s": 2.0}
 
 
+def set_pace(script: Path, pace: dict[str, float]) -> None:
+    """Replace the pace file in one rename: the env and the loss read it on every call, and a
+    read between an in-place truncate and its write would fail the job on an empty file."""
+    staged = script.with_suffix(".staged")
+    staged.write_text(json.dumps(pace))
+    os.replace(staged, script)
+
+
 def test_the_fleet_follows_the_slower_side(tiny_model_path, redis_server, tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "job.log"
     script = tmp_path / "pace.json"
-    script.write_text(json.dumps(SLOW_ENV))
+    set_pace(script, SLOW_ENV)
     config = tmp_path / "job.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -72,7 +82,7 @@ def test_the_fleet_follows_the_slower_side(tiny_model_path, redis_server, tmp_pa
     try:
         wait_for_steps(proc, out, 1)
         wait_for_workers(proc, out, 3, timeout_s=600)
-        script.write_text(json.dumps(SLOW_LEARNER))
+        set_pace(script, SLOW_LEARNER)
         wait_for_workers(proc, out, 1, timeout_s=600)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(300) == 130

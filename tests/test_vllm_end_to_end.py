@@ -16,7 +16,7 @@ from relayrl.config import JobConfig
 from relayrl.config_loader import load_config
 from relayrl.metrics import read_metrics
 from tests.job_harness import (
-    assert_nothing_discarded,
+    assert_discarded_only_as_stale,
     job_on_own_redis,
     stored_trajectories,
     turn_versions,
@@ -68,7 +68,8 @@ def test_a_turn_switches_version_mid_generation_only_under_interrupt(
     try:
         records = read_metrics(result.metrics)
         assert [r["step"] for r in records] == [1, 2, 3]
-        assert_nothing_discarded(records)
+        # vLLM runs every admitted group at once, and 800-token samples finish out of order.
+        assert_discarded_only_as_stale(records)
         per_turn = turn_versions([t for _, t in stored_trajectories(client, config.stream_name)])
         switched = [versions for versions in per_turn if len(set(versions)) > 1]
         if mode == "interrupt":
