@@ -249,7 +249,9 @@ class DeepSpeedLearner:
             # Booking the trained batch frees its admission slots: only once the policy that
             # replaces the one it was sampled from is published, or workers would start the
             # next batch on the old weights.
-            metrics.update(discard_metrics(self.intake.record_step(self.step, entries)))
+            oldest_stale = self.intake.oldest_stale_version()
+            booked = self.intake.record_step(self.step, entries)
+            metrics.update(discard_metrics(booked, oldest_stale))
         metrics.update(
             {
                 keys.STEP: self.step,

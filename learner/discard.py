@@ -22,11 +22,19 @@ class DiscardReason(StrEnum):
     UNNAMED = "discarded"
 
 
-def discard_metrics(discarded: dict[DiscardReason, int]) -> dict[str, int]:
+def discard_metrics(
+    discarded: dict[DiscardReason, int], oldest_stale_version: int | None = None
+) -> dict[str, int]:
     """A step's discard counts: by reason, in all, and dynamic sampling's (also under its
-    pre-0.2 name for one release)."""
+    pre-0.2 name for one release); with stale discards, the oldest version they came from."""
     filtered = discarded.get(DiscardReason.ZERO_VARIANCE, 0)
+    oldest = (
+        {}
+        if oldest_stale_version is None
+        else {keys.STALENESS_DISCARDED_OLDEST_VERSION: oldest_stale_version}
+    )
     return {
+        **oldest,
         **{keys.discarded(reason): n for reason, n in discarded.items()},
         keys.DISCARDED_TOTAL: sum(discarded.values()),
         keys.FILTER_DISCARDED: filtered,

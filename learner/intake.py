@@ -266,6 +266,17 @@ class BatchIntake:
 
     # ---- booking and committing ----------------------------------------------------------
 
+    def oldest_stale_version(self) -> int | None:
+        """The oldest policy version a sample discarded as stale since the last step came from:
+        a lag just past the bound is a group overtaken in flight, a far older one a worker that
+        generated on weights it should have replaced."""
+        versions = [
+            int(sampled.min())
+            for entry, reason in self._discards
+            if reason is DiscardReason.STALE and len(sampled := entry.trajectory.sampled_versions())
+        ]
+        return min(versions, default=None)
+
     def record_step(self, step: int, trained: list[BufferEntry]) -> dict[DiscardReason, int]:
         """Book a finished step; returns discard counts by reason (for metrics)."""
         record = StepRecord(step)

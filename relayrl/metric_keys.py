@@ -21,6 +21,8 @@ EPISODE_TURNS_MEAN = "episode/turns_mean"
 EPISODE_ERRORS = "episode/errors"
 STALENESS_MAX = "staleness/max"
 STALENESS_MEAN = "staleness/mean"
+# The oldest policy version a sample discarded as stale this step came from (only when one was).
+STALENESS_DISCARDED_OLDEST_VERSION = "staleness/discarded_oldest_version"
 BATCH_TRAJECTORIES = "batch/trajectories"
 BATCH_SAMPLED_TOKENS = "batch/sampled_tokens"
 BATCH_TOTAL_TOKENS = "batch/total_tokens"

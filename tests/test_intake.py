@@ -36,7 +36,9 @@ def test_duplicates_and_stale_groups_are_discarded_and_booked(redis_server, tmp_
     buffer.push([traj("c", 4, "c1"), traj("c", 4, "c2")])
     batch = intake.next_batch(version=5)
     assert [e.trajectory.id for e in batch] == ["c1", "c2"]
+    assert intake.oldest_stale_version() == 3
     assert intake.record_step(2, batch) == {"duplicate": 2, "stale": 2}
+    assert intake.oldest_stale_version() is None
 
     intake.write_ledger(tmp_path)
     assert intake.acknowledge() == 8

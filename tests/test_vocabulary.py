@@ -78,8 +78,9 @@ def test_staleness_is_the_lag_of_each_sampled_token_and_feeds_the_metrics() -> N
 
 
 def test_discard_metrics_keep_the_pre_0_2_filter_name_beside_the_new_one() -> None:
-    metrics = discard_metrics({DiscardReason.ZERO_VARIANCE: 2, DiscardReason.STALE: 4})
+    metrics = discard_metrics({DiscardReason.ZERO_VARIANCE: 2, DiscardReason.STALE: 4}, 7)
     assert metrics == {
+        keys.STALENESS_DISCARDED_OLDEST_VERSION: 7,
         "discarded/dynamic_sampling": 2,
         "discarded/stale": 4,
         keys.DISCARDED_TOTAL: 6,
