@@ -5,6 +5,8 @@ job reports."""
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 import ray
@@ -106,12 +108,14 @@ def test_wire_state_shares_tied_tensors_and_copies_nothing() -> None:
 
 def test_process_memory_reads_this_process() -> None:
     figures = process_memory()
-    ballast = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched
+    # An anonymous map is fresh pages; malloc may reuse memory the suite already faulted in.
+    ballast = mmap.mmap(-1, 64 << 20)
+    np.frombuffer(ballast, dtype=np.uint8)[:] = 1
     after = process_memory()
     assert 0 < figures["pss_gb"] <= figures["rss_gb"] <= figures["peak_rss_gb"]
     assert after["rss_gb"] - figures["rss_gb"] > 0.05
     assert after["peak_rss_gb"] >= after["rss_gb"]
-    del ballast
+    ballast.close()
 
 
 def test_learner_memory_metrics_name_the_learner_figures() -> None:
