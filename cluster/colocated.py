@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 
-from relayrl.admission import AdmissionGate, SampleRefill
+from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryConsumer, TrajectoryProducer
+from relayrl.cluster.controller import ControllerRefill
 from relayrl.config import JobConfig
 from relayrl.ports import ALL_INTERFACES, free_port
 
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
     from relayrl.cluster.sandboxed_worker import RolloutWorker
 
 T = TypeVar("T")
+
+
+class _RefillOnLoop:
+    """The learner thread's SampleRefill: each call waits on the actor's event loop."""
+
+    def __init__(self, refill: ControllerRefill) -> None:
+        self._refill = refill
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def booked(self, count: int) -> None:
+        assert self.loop is not None, "learner calls come through ColocatedActor._on_learner"
+        self._refill.booked_on(self.loop, count)
 
 
 @ray.remote(max_restarts=0)
@@ -43,7 +56,7 @@ class ColocatedActor:
         config: JobConfig,
         model_path: str,
         consumer: TrajectoryConsumer,
-        refill: SampleRefill,
+        refill: ControllerRefill,
         threads: int,
     ) -> None:
         from relayrl.cluster.time_shared_learner import TimeSharedLearner
@@ -51,7 +64,10 @@ class ColocatedActor:
 
         self._threads = threads
         self._weights = InProcessWeights()
-        self._learner = TimeSharedLearner(config, model_path, 0, consumer, self._weights, refill)
+        self._refill = _RefillOnLoop(refill)
+        self._learner = TimeSharedLearner(
+            config, model_path, 0, consumer, self._weights, self._refill
+        )
         self._learner_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner")
         self._config = config
         self._worker: RolloutWorker | None = None
@@ -64,7 +80,8 @@ class ColocatedActor:
             torch.set_num_threads(self._threads)
             return method(*args)
 
-        return await asyncio.get_running_loop().run_in_executor(self._learner_thread, call)
+        self._refill.loop = loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._learner_thread, call)
 
     # ---- the learner rank: what LearnerGroup, the SFT stage and the loop call ----
 

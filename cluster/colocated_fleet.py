@@ -12,9 +12,10 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from relayrl.admission import AdmissionGate, SampleRefill
+from relayrl.admission import AdmissionGate
 from relayrl.buffer import TrajectoryConsumer, TrajectoryProducer
 from relayrl.cluster.colocated import ColocatedActor
+from relayrl.cluster.controller import ControllerRefill
 from relayrl.cluster.learner_group import LearnerGroup
 from relayrl.cluster.placement import in_bundle, learner_placement
 from relayrl.cluster.rollout_fleet import ERRORS_KEPT, FleetDeadError
@@ -37,7 +38,7 @@ class ColocatedLearnerGroup(LearnerGroup):
         config: JobConfig,
         model_path: str,
         consumer: TrajectoryConsumer,
-        refill: SampleRefill,
+        refill: ControllerRefill,
         call_timeout_s: float,
         cores: int,
     ) -> None:

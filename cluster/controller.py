@@ -39,7 +39,11 @@ class AdmissionState:
     (max_staleness + v + 1) x batch - (trained + backlog + running), with v x batch trained,
     is this rule: the version only matters through what the learner has consumed."""
 
-    def __init__(self, batch_size: int, max_staleness: int, version: int = 0, backlog: int = 0):
+    def __init__(
+        self, batch_size: int, max_staleness: int, version: int | None = 0, backlog: int = 0
+    ):
+        """`version` None: no policy is published yet, so nothing is admitted until
+        `version` is set (workers may be started before the learner is up)."""
         self.batch_size = batch_size
         self.max_staleness = max_staleness
         self.version = version
@@ -49,6 +53,8 @@ class AdmissionState:
         self.leases: dict[str, int] = defaultdict(int)
 
     def capacity(self) -> int:
+        if self.version is None:
+            return 0
         limit = (self.max_staleness + 1) * self.batch_size
         return limit - (self.backlog + self.running)
 
@@ -78,7 +84,7 @@ class RolloutController:
         batch_size: int,
         max_staleness: int,
         backlog: BacklogSource,
-        version: int = 0,
+        version: int | None = 0,
     ):
         self._state = AdmissionState(batch_size, max_staleness, version)
         self._backlog = backlog
@@ -161,6 +167,15 @@ class ControllerRefill:
 
     def booked(self, count: int) -> None:
         ray.get(self._handle.booked.remote(count), timeout=self._timeout_s)
+
+    def booked_on(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        """`booked` from a thread of an async actor: the wait runs on the actor's event loop,
+        where Ray wants it (it warns about any `ray.get` in an async actor's process)."""
+
+        async def call() -> None:
+            await asyncio.wait_for(self._handle.booked.remote(count), self._timeout_s)
+
+        asyncio.run_coroutine_threadsafe(call(), loop).result(self._timeout_s + 1)
 
 
 class ControllerGate:

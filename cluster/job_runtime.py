@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from relayrl.cluster.sft_stage import run_sft_stage
 from relayrl.cluster.shared_output import check_shared_output
 from relayrl.config import JobConfig
 from relayrl.errors import JobConfigError
-from relayrl.learner.checkpoint import check_resumable, latest_checkpoint
+from relayrl.learner.checkpoint import check_resumable, latest_checkpoint, read_state
 from relayrl.metrics import MetricsWriter
 from relayrl.models import resolve_model
 from relayrl.sft_config import sft_dir
@@ -136,6 +137,26 @@ def _stop_fleet(controller: Any, fleet: RolloutFleet) -> None:
     fleet.stop(timeout_s=FLEET_STOP_S)
 
 
+def _separate_fleet(
+    config: JobConfig,
+    model_path: str,
+    start_step: int,
+    buffer: RedisStreamBuffer,
+    weights: WeightTransport,
+    controller: Any,
+) -> RolloutFleet:
+    return RolloutFleet(
+        config,
+        model_path,
+        start_step,
+        buffer,
+        weights.subscriber,
+        ControllerGate(controller),
+        controller,
+        engine_roster=weights.roster,
+    )
+
+
 def _report_end(runtime: JobRuntime) -> None:
     workers = [{**w, "state": "stopped"} for w in runtime.final_status.get("workers", [])]
     status = {**runtime.final_status, "state": runtime.final_state.value, "workers": workers}
@@ -168,7 +189,7 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
 
             weights = build_weight_transport(config, CALL_TIMEOUT_S)
         controller = RolloutController.options(**on_driver_node()).remote(
-            config.batch_size, config.trainer.max_staleness, buffer
+            config.batch_size, config.trainer.max_staleness, buffer, version=None
         )
         job_control = JobControl.options(
             name=job_control_name(config.name), **on_driver_node()
@@ -180,6 +201,15 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
             config.learner.resolved_zero_stage,
         )
         consumer = buffer.with_consumer("learner-0")
+        restored = latest_checkpoint(output_dir / "checkpoints") if resume else None
+        step = read_state(restored)["step"] if restored is not None else 0
+        fleet: RolloutFleet | ColocatedFleet | None = None
+        # Separate workers start while the learner sets up: admission stays closed until the
+        # first publish, so they sample nothing before it. Not before an SFT stage, whose
+        # weights the workers start from.
+        if weights is not None and config.trainer.sft is None:
+            fleet = _separate_fleet(config, model_path, step, buffer, weights, controller)
+            stack.callback(_stop_fleet, controller, fleet)
         learner = (
             ColocatedLearnerGroup(
                 config,
@@ -197,24 +227,24 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
                 weights.publisher,
                 ControllerRefill(controller),
                 call_timeout_s=CALL_TIMEOUT_S,
+                while_setting_up=None if fleet is None else partial(fleet.scale_to, workers),
             )
         )
         stack.callback(learner.kill)
-        step = version = 0
-        restored = latest_checkpoint(output_dir / "checkpoints") if resume else None
+        version = 0
         if restored is not None:
             state = learner.restore(str(restored))
             step, version = state["step"], state["version"]
             log.info("resumed from %s (step %d, policy version %d)", restored, step, version)
-        # Before any worker starts: workers start from the fine-tuned weights, never sample
-        # the base model into the buffer.
+        # With an SFT stage no worker has started yet: they start from the fine-tuned weights,
+        # never sample the base model into the buffer.
         sft_model = run_sft_stage(config, learner, resume, restored)
         worker_model = str(sft_model) if sft_model is not None else model_path
         learner.publish()
         # Admission counts the stream's unbooked entries; a lost learner's bookings are void.
         buffer.reset_booked()
+        # Opens admission: the controller admits nothing before it knows the version.
         ray.get(controller.set_version.remote(version), timeout=CALL_TIMEOUT_S)
-        fleet: RolloutFleet | ColocatedFleet
         if isinstance(learner, ColocatedLearnerGroup):
             fleet = ColocatedFleet(
                 config,
@@ -226,18 +256,9 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
                 learner.actor,
                 CALL_TIMEOUT_S,
             )
-        else:
+        elif fleet is None:
             assert weights is not None
-            fleet = RolloutFleet(
-                config,
-                worker_model,
-                step,
-                buffer,
-                weights.subscriber,
-                ControllerGate(controller),
-                controller,
-                engine_roster=weights.roster,
-            )
+            fleet = _separate_fleet(config, worker_model, step, buffer, weights, controller)
         trackers = open_trackers(
             config.output.loggers, config.name, output_dir, config.model_dump(mode="json")
         )

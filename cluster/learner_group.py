@@ -3,6 +3,7 @@ address first, so the others can join its process group."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -28,7 +29,10 @@ class LearnerGroup:
         publisher: WeightPublisher,
         refill: SampleRefill,
         call_timeout_s: float,
+        while_setting_up: Callable[[], None] | None = None,
     ) -> None:
+        """`while_setting_up` runs once the ranks hold their resources, before waiting for
+        their start-up (imports, model load, DeepSpeed), so other actors start alongside."""
         # Imported here: it needs torch and DeepSpeed, which only the ranks' processes load.
         from relayrl.cluster.learner_actor import LearnerActor
 
@@ -53,6 +57,8 @@ class LearnerGroup:
             )
             for rank in range(learner.num_ranks)
         ]
+        if while_setting_up is not None:
+            while_setting_up()
         addr, port = ray.get(self.ranks[0].rendezvous_address.remote(), timeout=call_timeout_s)
         self._all("setup", addr, port)
 

@@ -22,6 +22,13 @@ def test_synchronous_mode_admits_one_batch_until_the_learner_books_it() -> None:
     assert state.capacity() == 8
 
 
+def test_nothing_is_admitted_before_a_version_is_published() -> None:
+    state = AdmissionState(batch_size=4, max_staleness=1, version=None)
+    assert state.capacity() == 0
+    state.version = 3
+    assert state.capacity() == 8
+
+
 def test_staleness_k_lets_generation_run_k_versions_ahead() -> None:
     state = AdmissionState(batch_size=4, max_staleness=2)
     assert state.capacity() == 12

@@ -89,6 +89,21 @@ def test_a_timed_out_poll_holds_nothing_and_a_lease_returns_once(ray_instance, r
     ray.kill(controller)
 
 
+def test_workers_started_before_the_first_publish_wait_for_its_version(ray_instance, redis_server):
+    """A job starts its workers while the learner sets up: they poll a controller that knows
+    no version yet, and are admitted under the version the job then sets."""
+    buffer = fresh_buffer(redis_server, "actor:closed")
+    controller = RolloutController.remote(2, 0, buffer, version=None)
+    early = ray.get(controller.acquire.remote("w0", 2, 0.2), timeout=CALL_S)
+    assert early == AdmissionReply(Answer.TIMED_OUT) and running(controller) == 0
+    waiting = controller.acquire.remote("w0", 2, 30.0)
+    wait_until_waiting(controller, 1)
+    ray.get(controller.set_version.remote(4), timeout=CALL_S)
+    assert ray.get(waiting, timeout=CALL_S) == AdmissionReply(Answer.ADMITTED, version=4)
+    assert running(controller) == 2
+    ray.kill(controller)
+
+
 def test_a_group_the_worker_drops_frees_its_slots(ray_instance, redis_server):
     controller = RolloutController.remote(2, 0, fresh_buffer(redis_server, "actor:dropped"))
     assert ray.get(controller.acquire.remote("w0", 2, 5.0), timeout=CALL_S).answer == "admitted"
