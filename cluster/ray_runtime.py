@@ -26,15 +26,25 @@ LOOPBACK = "127.0.0.1"
 LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
+# The allocator settings below; a user's own values win.
+MALLOC = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
 def actor_env_vars() -> dict[str, str]:
     """Environment every relayrl actor gets, wherever the cluster runs."""
     env = {
         "TOKENIZERS_PARALLELISM": "false",
         # DeepSpeed JIT-builds ops on first use; a per-project folder builds them once.
         "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"),
+        # glibc keeps freed memory in its heap (both set, or it maps anything over 128 KiB
+        # afresh): the learner frees its gradients every step, and faulting them in again
+        # cost ~13% of a CPU step (BENCHMARKS.md).
+        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
     }
     # RELAYRL_FAULT arms fault points (relayrl/faults.py) in the actors of a test's job.
-    for name in ("DS_ACCELERATOR", "RELAYRL_CACHE", "HF_HUB_OFFLINE", "RELAYRL_FAULT"):
+    passed = ("DS_ACCELERATOR", "RELAYRL_CACHE", "HF_HUB_OFFLINE", "RELAYRL_FAULT", *MALLOC)
+    for name in passed:
         if name in os.environ:
             env[name] = os.environ[name]
     return env
