@@ -204,12 +204,14 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
         restored = latest_checkpoint(output_dir / "checkpoints") if resume else None
         step = read_state(restored)["step"] if restored is not None else 0
         fleet: RolloutFleet | ColocatedFleet | None = None
+        # Stops early workers if the start fails; handed over to the stop registered below.
+        start_failed = stack.enter_context(ExitStack())
         # Separate workers start while the learner sets up: admission stays closed until the
         # first publish, so they sample nothing before it. Not before an SFT stage, whose
         # weights the workers start from.
         if weights is not None and config.trainer.sft is None:
             fleet = _separate_fleet(config, model_path, step, buffer, weights, controller)
-            stack.callback(_stop_fleet, controller, fleet)
+            start_failed.callback(_stop_fleet, controller, fleet)
         learner = (
             ColocatedLearnerGroup(
                 config,
@@ -279,6 +281,7 @@ def started_job(config: JobConfig, output_dir: Path, resume: bool) -> Iterator[J
             restored=restored,
         )
         # Reverse order: the fleet stops, then job control and status.json hear the end.
+        start_failed.pop_all()
         stack.callback(_report_end, runtime)
         stack.callback(_stop_fleet, controller, fleet)
         fleet.scale_to(workers)
