@@ -166,12 +166,14 @@ def steps_done(out: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def wait_for_steps(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300) -> None:
+def wait_for_steps(
+    proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300, poll_s: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout_s
     while steps_done(out) < count:
         assert_running(proc)
         assert time.monotonic() < deadline, "job made no progress"
-        time.sleep(0.5)
+        time.sleep(poll_s)
 
 
 def wait_for_workers(proc: subprocess.Popen, out: Path, count: int, timeout_s: float = 300) -> None:

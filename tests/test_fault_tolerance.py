@@ -28,8 +28,10 @@ from tests.job_harness import (
 
 pytestmark = pytest.mark.slow
 
-STEPS = 5
-KILLED_AT = 3  # the learner's commit that the armed fault point kills
+STEPS = 8
+# The learner's commit that the armed fault point kills. A tiny step takes ~0.2 s: the fleet
+# must see the worker killed after step 1 and replace it before this commit.
+KILLED_AT = 6
 BATCH = 4  # trajectories a step trains: job_args' 2 prompts x 2 samples
 
 
@@ -102,7 +104,7 @@ def test_worker_sigkilled_then_learner_killed_after_latest_before_the_acks_then_
         args, cwd=cwd, env=armed, stdout=log.open("a"), stderr=subprocess.STDOUT
     )
     try:
-        wait_for_steps(first, out, 1)
+        wait_for_steps(first, out, 1, poll_s=0.05)
         os.kill(find_process(first.pid, "ray::RolloutWorker"), signal.SIGKILL)
         assert first.wait(600) != 0
     finally:
