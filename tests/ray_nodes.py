@@ -23,6 +23,7 @@ from relayrl.ports import free_port
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(ROOT / ".venv" / "bin" / "ray")
 START_S = 120
+LOG_TAIL_CHARS = 3000
 
 
 @dataclass
@@ -74,6 +75,19 @@ class LocalCluster:
         return [f"{flag}={free_port()}" for flag in named]
 
     def _start(self, name: str, ip: str, cpus: int, role: list[str]) -> Node:
+        """Start a node; one whose `ray start` exits at once is started again on fresh ports,
+        since `free_port` only promises a port was free a moment ago (another process on this
+        machine may bind it first). A second early exit fails with the end of its log."""
+        node = self._launch(name, ip, cpus, role)
+        if not self._wait_until_alive(node):
+            node = self._launch(name, ip, cpus, role)
+            if not self._wait_until_alive(node):
+                raise AssertionError(
+                    f"ray start of {name} exited {node.process.returncode}:\n{self._log_tail(name)}"
+                )
+        return node
+
+    def _launch(self, name: str, ip: str, cpus: int, role: list[str]) -> Node:
         log = (self.logs / f"{name}.log").open("ab")
         args = [
             RAY, "start", "--block", "--disable-usage-stats",
@@ -89,8 +103,10 @@ class LocalCluster:
         )  # fmt: skip
         node = Node(name, ip, process)
         self.nodes[name] = node
-        self._wait_until_alive(node)
         return node
+
+    def _log_tail(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-LOG_TAIL_CHARS:]
 
     def start_head(self, cpus: int) -> Node:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
@@ -115,13 +131,18 @@ class LocalCluster:
                     found[resource.removeprefix("rehearsal_")] = state.node_id
         return found
 
-    def _wait_until_alive(self, node: Node) -> None:
+    def _wait_until_alive(self, node: Node) -> bool:
+        """True once the head sees the node alive; False if its `ray start` exited first."""
         deadline = time.monotonic() + START_S
         while True:
-            assert node.process.poll() is None, f"ray start of {node.name} exited: see logs"
+            if node.process.poll() is not None:
+                for pid in self._processes_of(node):  # whatever it started before it failed
+                    _signal(pid, signal.SIGKILL)
+                self.nodes.pop(node.name, None)
+                return False
             try:
                 if node.name in self.alive():
-                    return
+                    return True
             except Exception:  # the dashboard is still starting
                 pass
             assert time.monotonic() < deadline, f"node {node.name} never joined"
