@@ -8,8 +8,10 @@ first, then trl); TRL is not a dependency of relayrl. relayrl runs the same task
 `arithmetic` env in these placements:
 
 - default: relayrl's defaults, nothing set (`rollout.placement: auto` picks colocated on a
-  box of up to 4 cores, separate otherwise; asynchronous, k=1, transformers engine; one CPU
+  box of up to 4 cores, separate otherwise; on-policy, k=0, transformers engine; one CPU
   learner rank at ZeRO-0 with 512-token micro-batches);
+- bf16: the defaults with `model.dtype: bfloat16`, against `trl-bf16` (TRL with `bf16=True`,
+  its own default: fp32 weights under bf16 autocast) rather than fp32 TRL;
 - colocated: the learner and one in-process worker in one actor, taking turns;
 - separate: the defaults with separate actors (two workers beside the learner);
 - zero2-4096: the defaults with the learner settings that were the defaults before (ZeRO-2,
@@ -17,17 +19,19 @@ first, then trl); TRL is not a dependency of relayrl. relayrl runs the same task
 - separate-zero2-4096: separate actors with those learner settings;
 - separate-threads: the quickstart's separate placement (two workers of one thread, a learner
   of two);
-- one-worker: asynchronous (k=1), one separate worker with one core;
+- one-worker: the defaults with one worker of one core;
 - sync: on-policy (k=0), one worker;
 - vllm: on-policy (k=0), one worker with the vLLM engine (the CPU build here).
 
-Per run: seconds per step and completion tokens per second over the steps after the warm-up
-(completion tokens that entered training per second of step wall time, the same definition
-on both sides), trained tokens per second (prompt and completion), whole-tree peak PSS, and
-the mean reward of the last two steps; ratios are to TRL in the same invocation, because
-this machine is shared and noisy.
+TRL runs are `trl` (fp32, the task's precision) and `trl-bf16`. Per run: seconds per step
+and completion tokens per second over the steps after the warm-up (completion tokens that
+entered training per second of step wall time, the same definition on both sides), trained
+tokens per second (prompt and completion), whole-tree peak PSS, and the mean reward of the
+last two steps; ratios are to the TRL run of the same precision in the same invocation,
+because this machine is shared and noisy.
 
-    .venv/bin/python benchmarks/peer_trl.py [--steps 6] [--runs trl,default,separate,sync,vllm]
+    .venv/bin/python benchmarks/peer_trl.py [--steps 6] \
+        [--runs trl,default,separate,sync,vllm,trl-bf16,bf16]
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ MAX_OPERAND = 99
 LR = 1e-5
 SYSTEM_PROMPT = "Answer with just the number."
 WARMUP_STEPS = 1
+# Ratios compare runs of one precision: each relayrl run to the TRL run of its own.
+BF16_RUNS = {"bf16", "trl-bf16"}
 
 # The learner settings that were the defaults before the one-rank CPU ones (BENCHMARKS.md,
 # Memory): ZeRO-2 and 4096-token micro-batches whatever the rank count and device.
@@ -69,6 +75,7 @@ PLACEMENTS: dict[str, list[str]] = {
     ],
     "one-worker": ["rollout.num_workers=1", "rollout.cpus_per_worker=1"],
     "sync": ["trainer.max_staleness=0", "rollout.num_workers=1", "rollout.cpus_per_worker=1"],
+    "bf16": ["model.dtype=bfloat16"],
     "vllm": [
         "trainer.max_staleness=0",
         "rollout.engine=vllm",
@@ -147,7 +154,11 @@ def run_relayrl(model: str, placement: str, steps: int, root: Path) -> dict[str,
     return summarize(rows, sampler.total_peak, wall)
 
 
-def run_trl(model: str, steps: int) -> dict[str, float]:
+def trl_run_for(name: str) -> str:
+    return "trl-bf16" if name in BF16_RUNS else "trl"
+
+
+def run_trl(model: str, steps: int, bf16: bool) -> dict[str, float]:
     python = ensure_trl_venv()
     command = [
         str(python),
@@ -160,6 +171,7 @@ def run_trl(model: str, steps: int) -> dict[str, float]:
         f"--max-operand={MAX_OPERAND}",
         f"--lr={LR}",
         f"--system-prompt={SYSTEM_PROMPT}",
+        *(["--bf16"] if bf16 else []),
     ]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -184,15 +196,15 @@ def run_trl(model: str, steps: int) -> dict[str, float]:
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:
-    trl = results.get("trl")
     print(
         "| run | s/step | completion tok/s | vs TRL | trained tok/s | vs TRL "
         "| peak PSS GB | vs TRL | reward (last 2 steps) | wall s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in results.items():
+        trl = results.get(trl_run_for(name))
 
-        def ratio(key: str, row: dict[str, float] = row) -> str:
+        def ratio(key: str, row: dict[str, float] = row, trl: dict[str, float] | None = trl) -> str:
             return f"{row[key] / trl[key]:.2f}x" if trl else "-"
 
         print(
@@ -216,8 +228,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for name in args.runs.split(","):
             print(f"[peer_trl] running {name}", flush=True)
-            if name == "trl":
-                results[name] = run_trl(model, args.steps)
+            if name in ("trl", "trl-bf16"):
+                results[name] = run_trl(model, args.steps, bf16=name == "trl-bf16")
             else:
                 results[name] = run_relayrl(model, name, args.steps, Path(root))
             # Each run's figures as soon as it ends, so a run cut short keeps the earlier ones.

@@ -4,8 +4,9 @@ benchmarks/peer_trl.py; runs in TRL's own venv.
 The task is the `arithmetic` env with `answer_format: last_number`: "What is A + B?" with A, B
 in 0..max_operand under a system prompt, reward 1 when the last integer of the reply is A + B.
 The defaults are the quickstart's sizes: 3 prompts x 8 samples per step, at most 24 new tokens,
-lr 2e-5, fp32, 2 torch threads. Prints one JSON line: its own peak RSS and, per step, TRL's
-own step time, mean completion length, tokens seen and mean reward.
+lr 2e-5, fp32 (`--bf16`: TRL's own default, bf16 autocast), 2 torch threads. Prints one JSON
+line: its own peak RSS and, per step, TRL's own step time, mean completion length, tokens seen
+and mean reward.
 
     .cache/bench-venv-trl/bin/python benchmarks/trl_grpo_task.py --model PATH --steps 8
 """
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--system-prompt", default="Answer with the number only.")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="TRL's own default: bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as out:
@@ -74,7 +76,7 @@ def main() -> None:
             save_strategy="no",
             report_to=[],
             use_cpu=True,
-            bf16=False,
+            bf16=args.bf16,
             seed=0,
         )
         trainer = GRPOTrainer(
