@@ -55,7 +55,9 @@ MAX_OPERAND = 99
 LR = 1e-5
 SYSTEM_PROMPT = "Answer with just the number."
 WARMUP_STEPS = 1
-# Ratios compare runs of one precision: each relayrl run to the TRL run of its own.
+# TRL's runs and whether each is bf16; ratios compare runs of one precision, so each relayrl
+# run is taken against the TRL run of its own.
+TRL_RUNS = {"trl": False, "trl-bf16": True}
 BF16_RUNS = {"bf16", "trl-bf16"}
 
 # The learner settings that were the defaults before the one-rank CPU ones (BENCHMARKS.md,
@@ -228,8 +230,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for name in args.runs.split(","):
             print(f"[peer_trl] running {name}", flush=True)
-            if name in ("trl", "trl-bf16"):
-                results[name] = run_trl(model, args.steps, bf16=name == "trl-bf16")
+            if name in TRL_RUNS:
+                results[name] = run_trl(model, args.steps, bf16=TRL_RUNS[name])
             else:
                 results[name] = run_relayrl(model, name, args.steps, Path(root))
             # Each run's figures as soon as it ends, so a run cut short keeps the earlier ones.

@@ -88,7 +88,7 @@ class LocalCluster:
         return node
 
     def _launch(self, name: str, ip: str, cpus: int, role: list[str]) -> Node:
-        log = (self.logs / f"{name}.log").open("ab")
+        log = self._log_path(name).open("ab")
         args = [
             RAY, "start", "--block", "--disable-usage-stats",
             f"--node-ip-address={ip}", f"--num-cpus={cpus}", "--num-gpus=0",
@@ -105,8 +105,11 @@ class LocalCluster:
         self.nodes[name] = node
         return node
 
+    def _log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
     def _log_tail(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        return self._log_path(name).read_text(errors="replace")[-LOG_TAIL_CHARS:]
 
     def start_head(self, cpus: int) -> Node:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
